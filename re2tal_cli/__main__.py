@@ -1,0 +1,3 @@
+from re2tal_cli.cli.app import main
+
+main()

@@ -1,0 +1,26 @@
+"""The `re2tal` command: assembles the commands, nothing else.
+
+Each command lives in its own module under `cli/`; it parses options, calls one core function and renders the result.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from re2tal_cli.cli import rewire
+from re2tal_cli.cli._errors import handle_errors
+
+app = typer.Typer(
+    name="re2tal",
+    help="Reversible video backbones for end-to-end temporal action localization.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for command in (rewire,):
+    app.command(name=command.NAME, help=command.main.__doc__, epilog=command.EPILOG)(handle_errors(command.main))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""`re2tal rewire`: placeholder replaced below in this session."""
