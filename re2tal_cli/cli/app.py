@@ -18,6 +18,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """Reversible video backbones for end-to-end temporal action localization."""
+    if version:
+        from re2tal_cli import __version__
+
+        typer.echo(f"re2tal {__version__}")
+        raise typer.Exit()
+
+
 for command in (rewire,):
     app.command(name=command.NAME, help=command.main.__doc__, epilog=command.EPILOG)(handle_errors(command.main))
 

@@ -1,1 +1,90 @@
-"""`re2tal rewire`: placeholder replaced below in this session."""
+"""`re2tal rewire`: the Typer glue for `re2tal_cli.rewire.rewire`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+NAME = "rewire"
+EPILOG = """Examples:
+
+  re2tal rewire hf://MCG-NJU/videomae-base-finetuned-kinetics --arch vit-b --out runs/rw
+
+  re2tal rewire videomae_b.pth --arch vit-b --out runs/rw --alpha 1 --beta 0.1   # Dr²Net's starting point
+
+  re2tal rewire runs/src/model.safetensors --arch vit-tiny --out runs/rw --check --json
+"""
+
+
+def main(
+    src: Annotated[
+        str, typer.Argument(help="Checkpoint: hf://ORG/REPO[/FILE][@REV] or a local .safetensors/.pth/.pt/.bin")
+    ],
+    arch: Annotated[str, typer.Option(help="Architecture name (see the list in docs/models.md).")],
+    out: Annotated[Path, typer.Option(help="Output directory for model.safetensors and config.json.")],
+    alpha: Annotated[float, typer.Option(help="Dual-residual α (1 with β=0 is the original network).")] = 0.0,
+    beta: Annotated[float, typer.Option(help="Dual-residual β (> 0 for a reversible network; 1 is Re²TAL).")] = 1.0,
+    check: Annotated[
+        bool, typer.Option(help="Measure reconstruction and gradient error against ordinary autograd.")
+    ] = False,
+    check_frames: Annotated[int | None, typer.Option(help="Frames of the --check input (default: the arch's).")] = None,
+    check_size: Annotated[int | None, typer.Option(help="Side of the --check input (default: the arch's).")] = None,
+    check_fp64: Annotated[bool, typer.Option("--check-fp64", help="Run --check in float64.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON only.")] = False,
+) -> None:
+    """Rewire a pretrained backbone into a reversible one with the same parameters."""
+    import torch
+
+    from re2tal_cli.rewire import rewire
+
+    for name, value in (("--check-frames", check_frames), ("--check-size", check_size)):
+        if value is not None and value <= 0:
+            raise typer.BadParameter(f"must be positive, got {value}", param_hint=name)
+    report = rewire(
+        src,
+        arch,
+        out,
+        alpha=alpha,
+        beta=beta,
+        force=force,
+        check=check,
+        check_frames=check_frames,
+        check_size=check_size,
+        check_dtype=torch.float64 if check_fp64 else torch.float32,
+    )
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    _render(report)
+
+
+def _render(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"rewire {report.arch}: α={report.alpha:g}, β={report.beta:g}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("source", f"{report.source} ({report.source_format})")
+    table.add_row("source sha256", report.source_sha256[:16] + "…")
+    table.add_row("parameters reused", f"{report.source_tensors} tensors, {report.source_values:,} values")
+    table.add_row("parameters written", f"{report.written_tensors} tensors, {report.written_values:,} values")
+    table.add_row("values equal to source", "yes" if report.values_equal else "[red]no[/red]")
+    if report.dropped_keys:
+        table.add_row("dropped (not backbone)", f"{len(report.dropped_keys)} keys, e.g. {report.dropped_keys[0]}")
+    table.add_row(
+        "stages rewired", f"{len(report.stages)} ({sum(report.stages)} blocks: {', '.join(map(str, report.stages))})"
+    )
+    if report.check is not None:
+        c = report.check
+        table.add_row("check input", f"{list(c.input_shape)} {c.dtype}")
+        table.add_row("reconstruction error", f"{c.reconstruction_error:.2e} (relative, max over stages)")
+        table.add_row("gradient error level", f"{c.gradient_error_level:.2e} (smallest atol, rtol=1e-5)")
+        table.add_row("max |Δgrad|", f"{c.max_abs_gradient_error:.2e}")
+        table.add_row("guard fallbacks", f"{c.fallbacks} of {c.backward_passes} stage backward passes")
+    table.add_row("written", f"{report.out}/model.safetensors, {report.out}/config.json")
+    Console().print(table)

@@ -1,0 +1,128 @@
+"""Where checkpoints come from: `hf://org/repo[/path/in/repo][@revision]` through huggingface_hub (which honours
+HF_HOME, HF_HUB_OFFLINE and HF_ENDPOINT), or a local file. Reading is safetensors first; `.pth/.pt/.bin` only through
+`torch.load(weights_only=True)`."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from re2tal_cli.errors import BadCheckpointError, Re2talError
+
+HF_SCHEME = "hf://"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# Foreign checkpoints often nest the weights one level down (mmaction: state_dict, SlowFast: model_state, …).
+_NESTED_KEYS = ("state_dict", "model_state", "model", "module", "backbone_state")
+
+
+def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """`hf://org/repo/sub/file.safetensors@rev` → ("org/repo", "sub/file.safetensors", "rev")."""
+    rest = uri.removeprefix(HF_SCHEME)
+    revision = None
+    if "@" in rest:
+        rest, revision = rest.rsplit("@", 1)
+    parts = [p for p in rest.split("/") if p]
+    if len(parts) < 2 or revision == "":
+        raise BadCheckpointError(f"{uri}: expected hf://ORG/REPO[/FILE][@REVISION]")
+    return "/".join(parts[:2]), "/".join(parts[2:]) or None, revision
+
+
+def resolve(src: str | Path) -> Path:
+    """A local path to the checkpoint file named by `src` (downloading or reading the Hub cache for hf://)."""
+    src = str(src)
+    if src.startswith(HF_SCHEME):
+        return _resolve_hf(src)
+    path = Path(src)
+    if not path.exists():
+        raise BadCheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        return _weights_in(path, src)
+    return path
+
+
+def _resolve_hf(uri: str) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo_id, filename, revision = parse_hf_uri(uri)
+    try:
+        if filename:
+            return Path(hf_hub_download(repo_id, filename, revision=revision))
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=["*.json", *(f"*{s}" for s in WEIGHT_SUFFIXES)]
+        )
+        return _weights_in(Path(folder), uri)
+    except LocalEntryNotFoundError:
+        raise BadCheckpointError(
+            f"{uri}: not in the local Hub cache and the Hub cannot be reached (HF_HUB_OFFLINE is set or no network); "
+            "download it once online or point HF_HOME at a cache that has it"
+        ) from None
+    except RepositoryNotFoundError:
+        raise BadCheckpointError(
+            f"{uri}: repository {repo_id} not found (or private: log in with `hf auth login`)"
+        ) from None
+    except RevisionNotFoundError:
+        raise BadCheckpointError(f"{uri}: revision {revision!r} not found in {repo_id}") from None
+    except EntryNotFoundError:
+        raise BadCheckpointError(f"{uri}: no file {filename!r} in {repo_id}") from None
+    except HfHubHTTPError as error:
+        raise Re2talError(f"{uri}: Hub request failed: {error}") from None
+
+
+def _weights_in(folder: Path, src: str) -> Path:
+    """The weights file of a directory: model.safetensors if present, else its only weights file."""
+    if (folder / "model.safetensors").is_file():
+        return folder / "model.safetensors"
+    candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise BadCheckpointError(f"{src}: expected one weights file ({'/'.join(WEIGHT_SUFFIXES)}), found {found}")
+    return candidates[0]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, unwrapped from the usual nesting; a clear error for anything unreadable."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as error:  # safetensors raises its own error types and OSError for short files
+            raise BadCheckpointError(
+                f"{path}: not a readable safetensors file (corrupt or truncated?): {error}"
+            ) from None
+    if path.suffix in (".pth", ".pt", ".bin"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle, zip and weights_only errors all mean the same to the user
+            raise BadCheckpointError(f"{path}: cannot be loaded with torch.load(weights_only=True): {error}") from None
+        return _unwrap(obj, path)
+    raise BadCheckpointError(f"{path}: unknown checkpoint type (expected one of {', '.join(WEIGHT_SUFFIXES)})")
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return {k.removeprefix("module."): v for k, v in tensors.items()}
+        nested = next((obj[k] for k in _NESTED_KEYS if isinstance(obj.get(k), dict)), None)
+        if nested is None:
+            break
+        obj = nested
+    raise BadCheckpointError(f"{path}: holds no tensors (expected a state dict)")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,7 @@
+"""Backbone families. Importing this package registers every architecture."""
+
+from re2tal_cli.models import vit  # noqa: F401  (registers vit-*)
+from re2tal_cli.models.base import InputSpec, VideoBackbone
+from re2tal_cli.models.registry import Arch, create_model, get_arch, list_archs
+
+__all__ = ["Arch", "InputSpec", "VideoBackbone", "create_model", "get_arch", "list_archs"]

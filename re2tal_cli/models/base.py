@@ -1,0 +1,53 @@
+"""What every backbone family offers the rest of re2tal: feature maps, temporal features, and its residual stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from re2tal_cli.reversible.stage import ResidualStage
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The preprocessing a pretrained backbone expects (timm's pretrained config, reduced to video)."""
+
+    num_frames: int  # frames per clip at pretraining
+    image_size: int  # square crop side, pixels
+    frame_stride: int = 1  # source frames between sampled frames at pretraining (informative)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # on RGB values scaled to [0, 1]
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+class VideoBackbone(nn.Module):
+    """Base class of the backbone families. Input video: (B, 3, T, H, W), normalised with `InputSpec.mean/std`.
+
+    Subclasses build their residual stages as `ResidualStage` modules over blocks registered in their own module tree
+    and implement `feature_maps`; the classifier head (if any) is the submodule `head`.
+    """
+
+    out_channels: int  # C of feature_maps
+    temporal_stride: int  # input frames per temporal step of feature_maps
+    min_frames: int = 1  # input T must be a positive multiple of this
+
+    def feature_maps(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) → (B, C, T', H', W') with T' = T / temporal_stride."""
+        raise NotImplementedError
+
+    def temporal_features(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) → (B, C, T'): feature maps averaged over space, the input of a TAL head."""
+        return self.feature_maps(video).mean(dim=(-2, -1))
+
+    def residual_stages(self) -> list[ResidualStage]:
+        return [m for m in self.modules() if isinstance(m, ResidualStage)]
+
+    def check_input(self, video: torch.Tensor) -> None:
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"expected a video of shape (B, 3, T, H, W), got {tuple(video.shape)}")
+        if video.shape[2] % self.min_frames:
+            raise ValueError(f"frames T={video.shape[2]} must be a multiple of {self.min_frames}")

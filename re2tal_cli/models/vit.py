@@ -1,0 +1,238 @@
+"""Video ViT with joint space-time attention (VideoMAE), whose checkpoints load directly.
+
+Each transformer layer contributes two residual blocks, attention then MLP (Dr²Net supplementary Fig. 1), kept as
+named submodules `blocks.N.attn` and `blocks.N.mlp`; together they form one residual stage. Checkpoint layouts:
+Hugging Face `transformers` VideoMAE (`VideoMAEModel`, `VideoMAEForVideoClassification`, `VideoMAEForPreTraining`,
+old `q_bias`/`v_bias` and new `query.bias` forms) and the original VideoMAE release (fused `qkv`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from re2tal_cli.errors import BadCheckpointError
+from re2tal_cli.models.base import InputSpec, VideoBackbone
+from re2tal_cli.models.layers import DropPath, drop_path_rates
+from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_arch
+from re2tal_cli.reversible.stage import ResidualStage
+
+__all__ = ["ViTConfig", "VideoViT"]
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    dim: int = 768  # token width
+    depth: int = 12  # transformer layers; each gives two residual blocks (attention, MLP)
+    heads: int = 12  # attention heads; dim must be divisible by it
+    mlp_dim: int = 3072  # hidden width of the MLP
+    patch_size: int = 16  # spatial side of a tubelet, pixels
+    tubelet: int = 2  # frames per tubelet
+    qv_bias: bool = True  # VideoMAE: query and value projections have biases, key has none
+    norm_eps: float = 1e-12  # LayerNorm eps inside the layers (VideoMAE's default)
+    mean_pooling: bool = True  # True: pooled = fc_norm(mean of tokens) (VideoMAE); False: tokens get a final `norm`
+    num_classes: int = 0  # classifier outputs; 0 = no head
+    drop_path: float = 0.0  # stochastic depth at the last layer (linear from 0)
+    dropout: float = 0.0  # dropout on each branch output
+    attn_dropout: float = 0.0  # dropout on attention probabilities
+
+
+class AttentionBlock(nn.Module):
+    """F = drop_path(dropout(proj(attention(norm(x))))) on tokens (B, N, dim)."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float):
+        super().__init__()
+        self.heads = cfg.heads
+        self.attn_dropout = cfg.attn_dropout
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.q = nn.Linear(cfg.dim, cfg.dim, bias=cfg.qv_bias)
+        self.k = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.v = nn.Linear(cfg.dim, cfg.dim, bias=cfg.qv_bias)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.norm(x)
+        q, k, v = (proj(h).view(b, n, self.heads, d // self.heads).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        # q, k, v: (B, heads, N, dim/heads); SDPA picks a fused kernel that stores no N×N matrix.
+        h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+        h = h.transpose(1, 2).reshape(b, n, d)
+        return self.drop_path(self.dropout(self.proj(h)))
+
+
+class MlpBlock(nn.Module):
+    """F = drop_path(dropout(fc2(gelu(fc1(norm(x))))))."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop_path(self.dropout(self.fc2(F.gelu(self.fc1(self.norm(x))))))
+
+
+class Layer(nn.Module):
+    """One transformer layer: its two residual branches as named submodules (not called as a unit)."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float):
+        super().__init__()
+        self.attn = AttentionBlock(cfg, drop_path)
+        self.mlp = MlpBlock(cfg, drop_path)
+
+
+class VideoViT(VideoBackbone):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        if cfg.dim % cfg.heads:
+            raise ValueError(f"dim {cfg.dim} is not divisible by heads {cfg.heads}")
+        self.cfg = cfg
+        self.out_channels = cfg.dim
+        self.temporal_stride = cfg.tubelet
+        self.min_frames = cfg.tubelet
+        self.patch_embed = nn.Conv3d(
+            3,
+            cfg.dim,
+            kernel_size=(cfg.tubelet, cfg.patch_size, cfg.patch_size),
+            stride=(cfg.tubelet, *(cfg.patch_size,) * 2),
+        )
+        self.blocks = nn.ModuleList(Layer(cfg, p) for p in drop_path_rates(cfg.drop_path, cfg.depth))
+        self.stage = ResidualStage([branch for layer in self.blocks for branch in (layer.attn, layer.mlp)])
+        self.norm = None if cfg.mean_pooling else nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        # fc_norm uses LayerNorm's default eps, as VideoMAEForVideoClassification does.
+        self.fc_norm = nn.LayerNorm(cfg.dim) if cfg.mean_pooling and cfg.num_classes else None
+        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else None
+        self._position_cache: dict[tuple, torch.Tensor] = {}
+
+    def tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) → (B, N, dim), N = T/tubelet · H/patch · W/patch, tokens in (t, h, w) order."""
+        self.check_input(video)
+        x = self.patch_embed(video).flatten(2).transpose(1, 2)  # (B, N, dim)
+        x = x + self._positions(x.shape[1], x.device, x.dtype)
+        x = self.stage(x)
+        return x if self.norm is None else self.norm(x)
+
+    def feature_maps(self, video: torch.Tensor) -> torch.Tensor:
+        b, _, t, h, w = video.shape
+        p, tub = self.cfg.patch_size, self.cfg.tubelet
+        x = self.tokens(video)
+        return x.transpose(1, 2).reshape(b, self.cfg.dim, t // tub, h // p, w // p)  # (B, C, T', H', W')
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) with a head, else the pooled (B, dim) feature."""
+        x = self.tokens(video)
+        pooled = x.mean(1) if self.cfg.mean_pooling else x[:, 0]
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(pooled)
+        return pooled if self.head is None else self.head(pooled)
+
+    def _positions(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """VideoMAE's fixed 1-D sinusoid table over the flattened token index, made for any token count."""
+        key = (n, device, dtype)
+        if key not in self._position_cache:
+            d = self.cfg.dim
+            position = torch.arange(n, dtype=torch.float64)[:, None]
+            rate = torch.pow(10000.0, 2 * (torch.arange(d) // 2).to(torch.float64) / d)
+            angle = position / rate  # (N, dim)
+            table = torch.where(torch.arange(d) % 2 == 0, torch.sin(angle), torch.cos(angle))
+            self._position_cache = {key: table.to(torch.float32).to(device=device, dtype=dtype)}
+        return self._position_cache[key]
+
+
+# --- checkpoint layouts -----------------------------------------------------------------------------------------
+
+_HF_LAYER = {
+    "layernorm_before": "attn.norm",
+    "attention.attention.query": "attn.q",
+    "attention.attention.key": "attn.k",
+    "attention.attention.value": "attn.v",
+    "attention.output.dense": "attn.proj",
+    "layernorm_after": "mlp.norm",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_HF_TOP = {
+    "embeddings.patch_embeddings.projection": "patch_embed",
+    "layernorm": "norm",
+    "fc_norm": "fc_norm",
+    "classifier": "head",
+}
+_OFFICIAL_LAYER = {"norm1": "attn.norm", "norm2": "mlp.norm"}  # attn.proj, mlp.fc1, mlp.fc2 keep their names
+_OFFICIAL_TOP = {"patch_embed.proj": "patch_embed", "norm": "norm", "fc_norm": "fc_norm", "head": "head"}
+_PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "decoder_pos_embed")
+
+
+def convert_videomae(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
+    """Map a VideoMAE checkpoint (Hugging Face or original release) or our own layout to our keys; values untouched
+    except the original release's fused qkv, which is split into q, k, v rows."""
+    if any(k.startswith("blocks.") and (".attn.q." in k or ".mlp.fc1." in k) for k in sd):
+        return ConvertedCheckpoint(dict(sd), "re2tal")
+    dropped = tuple(k for k in sd if k.startswith(_PRETRAINING_ONLY))
+    kept = {k: v for k, v in sd.items() if k not in dropped}
+    if any(k.startswith(("encoder.layer.", "videomae.", "embeddings.")) for k in kept):
+        return ConvertedCheckpoint(_convert_hf(kept), "videomae-hf", dropped)
+    if any(k.startswith(("blocks.", "encoder.blocks.")) for k in kept):
+        return ConvertedCheckpoint(_convert_official(kept), "videomae-official", dropped)
+    raise BadCheckpointError("not a VideoMAE/ViT checkpoint (no encoder layers found)")
+
+
+def _convert_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in sd.items():
+        key = key.removeprefix("videomae.")
+        if m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", key):
+            i, module, kind = m.groups()
+            out[f"blocks.{i}.{_HF_LAYER.get(module, module)}.{kind}"] = value
+        elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.attention\.attention\.([qv])_bias", key):
+            out[f"blocks.{m[1]}.attn.{m[2]}.bias"] = value  # transformers < 5 kept q/v biases as parameters
+        elif m := re.fullmatch(r"(.+)\.(weight|bias)", key):
+            out[f"{_HF_TOP.get(m[1], m[1])}.{m[2]}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _convert_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in sd.items():
+        key = key.removeprefix("encoder.")
+        if m := re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.weight", key):
+            for name, rows in zip("qkv", value.chunk(3, dim=0), strict=True):
+                out[f"blocks.{m[1]}.attn.{name}.weight"] = rows
+        elif m := re.fullmatch(r"blocks\.(\d+)\.attn\.([qv])_bias", key):
+            out[f"blocks.{m[1]}.attn.{m[2]}.bias"] = value
+        elif m := re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key):
+            out[f"blocks.{m[1]}.{_OFFICIAL_LAYER.get(m[2], m[2])}.{m[3]}"] = value
+        elif m := re.fullmatch(r"(.+)\.(weight|bias)", key):
+            out[f"{_OFFICIAL_TOP.get(m[1], m[1])}.{m[2]}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _register(name: str, cfg: ViTConfig, input_spec: InputSpec, description: str, test_only: bool = False) -> None:
+    def build(**overrides) -> VideoViT:
+        return VideoViT(replace(cfg, **overrides))
+
+    register_arch(Arch(name, "vit", build, input_spec, convert_videomae, description, test_only))
+
+
+_VIDEOMAE_INPUT = InputSpec(num_frames=16, image_size=224, frame_stride=4)
+_register("vit-s", ViTConfig(dim=384, depth=12, heads=6, mlp_dim=1536), _VIDEOMAE_INPUT, "VideoMAE ViT-S/16, 16×224²")
+_register("vit-b", ViTConfig(dim=768, depth=12, heads=12, mlp_dim=3072), _VIDEOMAE_INPUT, "VideoMAE ViT-B/16, 16×224²")
+_register("vit-l", ViTConfig(dim=1024, depth=24, heads=16, mlp_dim=4096), _VIDEOMAE_INPUT, "VideoMAE ViT-L/16, 16×224²")
+_register("vit-h", ViTConfig(dim=1280, depth=32, heads=16, mlp_dim=5120), _VIDEOMAE_INPUT, "VideoMAE ViT-H/16, 16×224²")
+_TINY_INPUT = InputSpec(num_frames=4, image_size=32)
+_TINY = ViTConfig(dim=32, depth=2, heads=2, mlp_dim=64, patch_size=16, tubelet=2)
+_register("vit-tiny", _TINY, _TINY_INPUT, "test model: 2 layers, dim 32", test_only=True)
+_register("vit-tiny-d3", replace(_TINY, depth=3), _TINY_INPUT, "test model: 3 layers (odd depth)", test_only=True)

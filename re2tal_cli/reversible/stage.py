@@ -1,0 +1,270 @@
+"""The Re² idea: a residual stage rewired into a reversible one with the same parameters.
+
+A residual stage is a sequence of shape-keeping blocks F₁…Fₙ, originally wired ``h ← h + Fᵢ(h)``. Rewired with the
+dual residual of Dr²Net (coefficients α, β), per block i and stage input a::
+
+    x₀ = a,   y₀ = β·a
+    xᵢ = Fᵢ(xᵢ₋₁) + α·xᵢ₋₁ + yᵢ₋₁            (forward)
+    yᵢ = β·xᵢ₋₁
+    out = (xₙ + yₙ) / (1 + β)
+    xᵢ₋₁ = yᵢ / β                            (inverse)
+    yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁
+
+α=1, β=0 is the original network exactly (yᵢ = 0, xᵢ = xᵢ₋₁ + Fᵢ(xᵢ₋₁)); α=0, β=1 is Re²TAL's rewiring. Any β ≠ 0
+is invertible, so training need not store the activations inside the stage: `_ReversibleStageFunction` keeps the
+stage input and the last (x, y) pair, and its backward walks the blocks in reverse, rebuilding each block's input
+from its output and recomputing Fᵢ with grad. Parameter gradients are *returned* from the Function (weights are
+explicit inputs), so `torch.autograd.grad` and DDP see them like any other gradient.
+
+The reconstructed stage input is compared with the kept one; when they differ by more than the tolerance (small β
+divides, reduced precision accumulates) the stage redoes that step's backward from the kept input, exactly, and
+counts the event in `GuardStats`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
+
+
+class Execution(enum.StrEnum):
+    """How a training step through a stage keeps what the backward needs."""
+
+    AUTOGRAD = "autograd"  # ordinary autograd: every block's activations stored
+    CHECKPOINT = "checkpoint"  # torch.utils.checkpoint per block: block inputs stored, each block recomputed
+    REVERSIBLE = "reversible"  # stage input and output stored, block inputs rebuilt by the inverse (needs β ≠ 0)
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """The dual-residual coefficients; (1, 0) is the original residual wiring, (0, 1) Re²TAL's reversible one."""
+
+    alpha: float = 1.0
+    beta: float = 0.0
+
+    def __post_init__(self):
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"coupling {name} must be a finite number ≥ 0, got {value}")
+
+    @property
+    def is_residual(self) -> bool:
+        """The original wiring, computed directly as h + F(h)."""
+        return self.alpha == 1.0 and self.beta == 0.0
+
+    @property
+    def invertible(self) -> bool:
+        return self.beta > 0.0
+
+
+RE2TAL = Coupling(alpha=0.0, beta=1.0)
+ORIGINAL = Coupling(alpha=1.0, beta=0.0)
+
+# Largest tolerated |reconstructed − kept stage input| / max|kept input| before a stage falls back to exact recompute.
+# fp32 additive coupling reconstructs to ~1e-6 relative (docs/reversible.md); reduced precision inside F to ~1e-2.
+DEFAULT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+REDUCED_PRECISION_TOLERANCE = 5e-2
+
+
+@dataclass
+class GuardStats:
+    """What the numerical guard saw, accumulated over backward passes until `reset()`."""
+
+    backward_passes: int = 0
+    fallbacks: int = 0
+    max_error: float = 0.0
+    errors: list[float] = field(default_factory=list, repr=False)
+
+    def record(self, error: float, fell_back: bool) -> None:
+        self.backward_passes += 1
+        self.fallbacks += int(fell_back)
+        self.max_error = max(self.max_error, error)
+        self.errors.append(error)
+
+    def reset(self) -> None:
+        self.backward_passes, self.fallbacks, self.max_error, self.errors = 0, 0, 0.0, []
+
+
+class ResidualStage(nn.Module):
+    """A sequence of shape-keeping blocks, wired as the original residual network or as a dual-residual one.
+
+    The blocks are *not* registered here: they stay where the backbone defines them (so checkpoint keys never change
+    with the wiring) and the stage only holds references, in order.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module]):
+        super().__init__()
+        if not blocks:
+            raise ValueError("a residual stage needs at least one block")
+        self._blocks = tuple(blocks)  # a tuple is not registered by nn.Module
+        self.coupling = ORIGINAL
+        self.execution = Execution.AUTOGRAD
+        self.tolerance: float | None = None  # None: DEFAULT_TOLERANCE by precision
+        self.guard = GuardStats()
+
+    @property
+    def blocks(self) -> tuple[nn.Module, ...]:
+        return self._blocks
+
+    def set_wiring(self, coupling: Coupling, execution: Execution | str, tolerance: float | None = None) -> None:
+        execution = Execution(execution)
+        if execution is Execution.REVERSIBLE and not coupling.invertible:
+            raise ValueError(f"reversible execution needs beta > 0, got beta={coupling.beta}")
+        self.coupling, self.execution, self.tolerance = coupling, execution, tolerance
+
+    def extra_repr(self) -> str:
+        c = self.coupling
+        return f"blocks={len(self._blocks)}, alpha={c.alpha:g}, beta={c.beta:g}, execution={self.execution.value}"
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if self.execution is Execution.REVERSIBLE and torch.is_grad_enabled() and self._needs_grad(a):
+            params = [p for p in self.parameters_of_blocks() if p.requires_grad]
+            return _ReversibleStageFunction.apply(self, a, *params)
+        if self.execution is Execution.CHECKPOINT and torch.is_grad_enabled():
+            return self._run(a, checkpointed=True)
+        return self._run(a, checkpointed=False)
+
+    def parameters_of_blocks(self) -> list[nn.Parameter]:
+        """Each parameter once, in block order (a tied weight appears once)."""
+        seen: dict[int, nn.Parameter] = {}
+        for block in self._blocks:
+            for p in block.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def _needs_grad(self, a: torch.Tensor) -> bool:
+        return a.requires_grad or any(p.requires_grad for p in self.parameters_of_blocks())
+
+    def _run(self, a: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+        """Forward with ordinary autograd (or per-block checkpointing): the reference the reversible path matches."""
+        alpha, beta = self.coupling.alpha, self.coupling.beta
+        if self.coupling.is_residual:
+            h = a
+            for f in self._blocks:
+                h = _checkpoint(_residual_step, f, h) if checkpointed else _residual_step(f, h)
+            return h
+        x, y = a, beta * a
+        for f in self._blocks:
+            x, y = _checkpoint(_dual_step, f, x, y, alpha, beta) if checkpointed else _dual_step(f, x, y, alpha, beta)
+        return (x + y) / (1 + beta)
+
+    def default_tolerance(self, a: torch.Tensor, autocast: AutocastState) -> float:
+        if self.tolerance is not None:
+            return self.tolerance
+        if autocast.enabled and autocast.dtype in (torch.float16, torch.bfloat16):
+            return REDUCED_PRECISION_TOLERANCE
+        return DEFAULT_TOLERANCE.get(a.dtype, REDUCED_PRECISION_TOLERANCE)
+
+
+def _residual_step(f: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return h + f(h)
+
+
+def _dual_step(f: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, beta: float):
+    return f(x) + alpha * x + y, beta * x
+
+
+def _checkpoint(step, *args):
+    return torch.utils.checkpoint.checkpoint(step, *args, use_reentrant=False)
+
+
+class _ReversibleStageFunction(torch.autograd.Function):
+    """Forward without a graph; backward rebuilds each block's input from its output (minREV's shape, one Function
+    for every backbone family: it calls the blocks, never looks inside them)."""
+
+    @staticmethod
+    def forward(ctx, stage: ResidualStage, a: torch.Tensor, *params: nn.Parameter) -> torch.Tensor:
+        alpha, beta = stage.coupling.alpha, stage.coupling.beta
+        training = any(block.training for block in stage.blocks)
+        ctx.stage, ctx.params = stage, params
+        ctx.autocast = AutocastState.capture(a.device)
+        ctx.rng = []  # one generator state per block, replayed in the recompute
+        x, y = a.detach(), beta * a.detach()
+        for f in stage.blocks:
+            ctx.rng.append(RngState.capture(a.device) if training else None)
+            x, y = f(x) + alpha * x + y, beta * x  # xᵢ = Fᵢ(xᵢ₋₁) + α·xᵢ₋₁ + yᵢ₋₁,  yᵢ = β·xᵢ₋₁
+        out = (x + y) / (1 + beta)
+        ctx.save_for_backward(a, x, y)  # the stage input (for the guard) and the last pair (to invert from)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        stage: ResidualStage = ctx.stage
+        a, x_n, y_n = ctx.saved_tensors
+        beta = stage.coupling.beta
+        g_n = grad_out / (1 + beta)  # ∂out/∂xₙ = ∂out/∂yₙ = 1/(1+β)
+
+        grads, (x_0, y_0) = _backward_blocks(ctx, x_n, y_n, g_n, exact_inputs=None)
+        scale = a.detach().abs().max().clamp_min(torch.finfo(a.dtype).tiny)
+        error = (torch.maximum((x_0 - a).abs().max(), (y_0 - beta * a).abs().max()) / scale).item()
+        fell_back = not error <= stage.default_tolerance(a, ctx.autocast)  # NaN counts as too large
+        if fell_back:
+            del grads
+            grads, _ = _backward_blocks(ctx, x_n, y_n, g_n, exact_inputs=_exact_block_inputs(ctx, a))
+        stage.guard.record(error, fell_back)
+        return (None, *grads)
+
+
+def _exact_block_inputs(ctx, a: torch.Tensor) -> list[torch.Tensor]:
+    """The fallback: recompute x₀…xₙ₋₁ forward from the kept stage input, without a graph (checkpointing's cost)."""
+    stage: ResidualStage = ctx.stage
+    alpha, beta = stage.coupling.alpha, stage.coupling.beta
+    xs, x, y = [], a.detach(), beta * a.detach()
+    with torch.no_grad(), ctx.autocast():
+        for f, rng in zip(stage.blocks, ctx.rng, strict=True):
+            xs.append(x)
+            with _replayed(rng), running_stats_frozen(f):
+                x, y = f(x) + alpha * x + y, beta * x
+    return xs
+
+
+def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, exact_inputs: list[torch.Tensor] | None):
+    """Walk the blocks in reverse, from (xₙ, yₙ) with gradient g for both, and return the gradients for
+    (a, *params) and the rebuilt (x₀, y₀). With `exact_inputs` the block inputs are taken from it instead of inverted.
+
+    Gradients, from xᵢ = Fᵢ(xᵢ₋₁) + α·xᵢ₋₁ + yᵢ₋₁ and yᵢ = β·xᵢ₋₁:
+        ∂L/∂xᵢ₋₁ = Jᵀ_F·gxᵢ + α·gxᵢ + β·gyᵢ,   ∂L/∂yᵢ₋₁ = gxᵢ,   ∂L/∂θᵢ = Jᵀ_θ·gxᵢ
+    and at the stage input (x₀ = a, y₀ = β·a): ∂L/∂a = gx₀ + β·gy₀.
+    """
+    stage: ResidualStage = ctx.stage
+    alpha, beta = stage.coupling.alpha, stage.coupling.beta
+    position = {id(p): k for k, p in enumerate(ctx.params)}
+    param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
+    gx, gy = g, g
+    for i in reversed(range(len(stage.blocks))):
+        f = stage.blocks[i]
+        x_prev = y / beta if exact_inputs is None else exact_inputs[i]  # xᵢ₋₁ = yᵢ / β
+        block_params = [p for p in f.parameters() if id(p) in position]
+        # Recompute Fᵢ with a graph, replaying the forward's random draws and precision, BatchNorm stats untouched.
+        with torch.enable_grad(), _replayed(ctx.rng[i]), ctx.autocast(), running_stats_frozen(f):
+            x_in = x_prev.detach().requires_grad_(True)
+            fx = f(x_in)
+        grad_x_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
+        if exact_inputs is None:
+            y_prev = x - fx.detach() - alpha * x_prev  # yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁
+        else:
+            y_prev = beta * (exact_inputs[i - 1] if i > 0 else x_prev)
+        del fx, x_in  # this block's recompute graph is dead: free it before the next block's
+        for p, grad in zip(block_params, grad_params, strict=True):
+            if grad is not None:
+                k = position[id(p)]
+                param_grads[k] = grad if param_grads[k] is None else param_grads[k] + grad
+        gx, gy = grad_x_in + alpha * gx + beta * gy, gx
+        x, y = x_prev, y_prev
+    grad_a = gx + beta * gy if ctx.needs_input_grad[1] else None
+    return [grad_a, *param_grads], (x, y)
+
+
+def _replayed(rng: RngState | None) -> contextlib.AbstractContextManager:
+    return rng.replay() if rng is not None else contextlib.nullcontext()

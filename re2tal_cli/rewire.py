@@ -1,0 +1,110 @@
+"""`rewire`: a pretrained backbone checkpoint in, the same parameters with reversible wiring out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from re2tal_cli import hub
+from re2tal_cli.checkpoint import Wiring, build_from_state_dict, converted_values_equal, save_backbone
+from re2tal_cli.errors import BadInputError, NumericalError
+from re2tal_cli.fileio import atomic_dir, check_output_dir
+from re2tal_cli.models.registry import get_arch
+from re2tal_cli.reversible.check import CheckReport, check_reversibility
+from re2tal_cli.reversible.stage import Coupling, Execution
+
+
+@dataclass(frozen=True)
+class RewireReport:
+    arch: str
+    source: str
+    source_sha256: str
+    source_format: str
+    source_tensors: int  # tensors read from the source (after dropping non-backbone parts)
+    source_values: int  # their element count
+    written_tensors: int
+    written_values: int
+    values_equal: bool  # every written tensor equals its source tensor bit for bit
+    dropped_keys: tuple[str, ...]  # source keys that belong to no backbone part (pretraining decoder, …)
+    stages: tuple[int, ...]  # blocks per rewired stage
+    alpha: float
+    beta: float
+    out: str
+    check: CheckReport | None
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["dropped_keys"] = list(self.dropped_keys)
+        data["stages"] = list(self.stages)
+        return data
+
+
+def rewire(
+    src: str,
+    arch: str,
+    out: Path,
+    alpha: float = 0.0,
+    beta: float = 1.0,
+    force: bool = False,
+    check: bool = False,
+    check_frames: int | None = None,
+    check_size: int | None = None,
+    check_dtype: torch.dtype = torch.float32,
+) -> RewireReport:
+    """Read `src`, load it into `arch`, rewire every residual stage with (α, β), write `out`. Everything that can be
+    wrong with the input is checked before anything is written."""
+    spec = get_arch(arch)
+    try:
+        coupling = Coupling(alpha, beta)
+    except ValueError as error:
+        raise BadInputError(str(error)) from None
+    check_output_dir(out, force)
+    path = hub.resolve(src)
+    state_dict = hub.read_state_dict(path)
+    model, converted = build_from_state_dict(spec, state_dict, src)
+    execution = Execution.REVERSIBLE if coupling.invertible else Execution.AUTOGRAD
+    wiring = Wiring(alpha, beta, execution)
+    stage_indices = wiring.apply(model)
+    stages = model.residual_stages()
+
+    report_check = None
+    if check:
+        if not coupling.invertible:
+            raise BadInputError("--check needs an invertible wiring (beta > 0)")
+        frames = check_frames or spec.input.num_frames
+        size = check_size or spec.input.image_size
+        video = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0)).to(check_dtype)
+        report_check = check_reversibility(model, video, coupling)
+        if report_check.gradient_error_level != report_check.gradient_error_level:  # NaN
+            raise NumericalError(f"{src}: reversible gradients are not finite at alpha={alpha}, beta={beta}")
+
+    digest = hub.sha256(path)
+    config = {
+        "arch": arch,
+        "wiring": wiring.to_json(),
+        "stages": [{"index": i, "blocks": len(stages[i].blocks)} for i in stage_indices],
+        "num_classes": model.head.out_features if getattr(model, "head", None) is not None else 0,
+        "source": {"uri": src, "sha256": digest, "format": converted.format, "dropped_keys": list(converted.dropped)},
+    }
+    with atomic_dir(out) as tmp:
+        save_backbone(model, tmp, config)
+    written = model.state_dict()
+    return RewireReport(
+        arch=arch,
+        source=src,
+        source_sha256=digest,
+        source_format=converted.format,
+        source_tensors=len(converted.state_dict),
+        source_values=sum(v.numel() for v in converted.state_dict.values()),
+        written_tensors=len(written),
+        written_values=sum(v.numel() for v in written.values()),
+        values_equal=converted_values_equal(model, converted),
+        dropped_keys=converted.dropped,
+        stages=tuple(len(stages[i].blocks) for i in stage_indices),
+        alpha=alpha,
+        beta=beta,
+        out=str(out),
+        check=report_check,
+    )
