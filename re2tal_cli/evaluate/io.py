@@ -1,0 +1,252 @@
+"""Read and check ground truth (ActivityNet format) and predictions (ActivityNet submission format).
+
+Every problem a user can fix is a `BadDataError` naming the file and the entry. What the official evaluator
+tolerates (reversed predicted segments, predictions for unknown videos, labels absent from the ground truth) is
+kept and counted, so the numbers stay official while the user still hears about it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from re2tal_cli.errors import BadDataError
+from re2tal_cli.evaluate.detection import Segments
+
+GT_FILE = "annotations.json"
+PRED_FILE = "predictions.json"
+# Tried in this order when --subset is not given: ActivityNet's official default, then THUMOS-14's test split.
+DEFAULT_SUBSETS = ("validation", "test")
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The ground truth of one subset: classes, videos and instances as arrays."""
+
+    path: Path
+    subset: str
+    labels: tuple[str, ...]  # class index -> name, in order of first appearance (the official activity_index)
+    videos: tuple[str, ...]  # video index -> id, every video of the subset in file order
+    segments: Segments
+    # THUMOS-14 "Ambiguous" segments (protocol thumos only): not positives, but they excuse overlapping detections.
+    ambiguous: Segments
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Predictions aligned with a ground truth, and what was tolerated on the way."""
+
+    path: Path
+    segments: Segments
+    warnings: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_ground_truth(path: str | Path) -> Path:
+    """A ground-truth JSON file, or a dataset directory holding annotations.json."""
+    return _resolve(Path(path), GT_FILE, "ground truth")
+
+
+def resolve_predictions(path: str | Path) -> Path:
+    """A prediction JSON file, or a train-tal run directory holding predictions.json."""
+    return _resolve(Path(path), PRED_FILE, "predictions")
+
+
+def _resolve(path: Path, name: str, what: str) -> Path:
+    if path.is_dir():
+        if not (path / name).is_file():
+            raise BadDataError(f"{path}: directory has no {name} ({what} expected there)")
+        return path / name
+    if not path.is_file():
+        raise BadDataError(f"{path}: no such file or directory ({what})")
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise BadDataError(
+            f"{path}: malformed JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadDataError(f"{path}: cannot be read ({error})") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _segment(path: Path, where: str, item: Any) -> tuple[float, float]:
+    if not isinstance(item, dict):
+        raise BadDataError(f"{path}: {where} must be an object, got {type(item).__name__}")
+    seg = item.get("segment")
+    if not (isinstance(seg, list | tuple) and len(seg) == 2 and all(_is_number(v) for v in seg)):
+        raise BadDataError(f"{path}: {where}.segment must be two numbers [start, end], got {seg!r}")
+    start, end = float(seg[0]), float(seg[1])
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise BadDataError(f"{path}: {where}.segment has a non-finite time {seg!r}")
+    if start < 0 or end < 0:
+        raise BadDataError(f"{path}: {where}.segment has a negative time {seg!r}")
+    return start, end
+
+
+def _label(path: Path, where: str, item: dict) -> str:
+    label = item.get("label")
+    if not isinstance(label, str) or not label:
+        raise BadDataError(f"{path}: {where}.label must be a class name (non-empty string), got {label!r}")
+    return label
+
+
+def load_ground_truth(path: str | Path, subset: str | None = None, ambiguous_label: str | None = None) -> GroundTruth:
+    """Load the instances of one subset; `subset=None` picks validation, else test, else the only subset.
+
+    `ambiguous_label` (protocol thumos: "Ambiguous") sets those segments apart instead of making them a class.
+    """
+    path = resolve_ground_truth(path)
+    data = _read_json(path)
+    database = data.get("database") if isinstance(data, dict) else None
+    if not isinstance(database, dict):
+        raise BadDataError(f"{path}: not ActivityNet-format ground truth (no 'database' object at the top level)")
+    subsets: dict[str, int] = {}
+    for vid, video in database.items():
+        if not isinstance(video, dict) or not isinstance(video.get("subset"), str):
+            raise BadDataError(f"{path}: database[{vid!r}] must be an object with a string 'subset'")
+        subsets[video["subset"]] = subsets.get(video["subset"], 0) + 1
+    present = ", ".join(f"{name!r} ({n} videos)" for name, n in subsets.items()) or "none"
+    if subset is None:
+        chosen = [s for s in DEFAULT_SUBSETS if s in subsets] or (list(subsets) if len(subsets) == 1 else [])
+        if not chosen:
+            raise BadDataError(f"{path}: choose a subset with --subset; subsets present: {present}")
+        subset = chosen[0]
+    elif subset not in subsets:
+        raise BadDataError(f"{path}: no video in subset {subset!r}; subsets present: {present}")
+
+    labels: dict[str, int] = {}
+    videos: list[str] = []
+    rows: list[tuple[int, int, float, float]] = []
+    ambiguous: list[tuple[int, float, float]] = []
+    for vid, video in database.items():
+        if video["subset"] != subset:
+            continue
+        vidx = len(videos)
+        videos.append(vid)
+        annotations = video.get("annotations")
+        if not isinstance(annotations, list):
+            raise BadDataError(f"{path}: database[{vid!r}].annotations must be a list, got {annotations!r}")
+        for i, ann in enumerate(annotations):
+            where = f"database[{vid!r}].annotations[{i}]"
+            start, end = _segment(path, where, ann)
+            if end < start:
+                raise BadDataError(f"{path}: {where}.segment is reversed (end before start): {ann['segment']!r}")
+            label = _label(path, where, ann)
+            if label == ambiguous_label:
+                ambiguous.append((vidx, start, end))
+                continue
+            cidx = labels.setdefault(label, len(labels))
+            rows.append((vidx, cidx, start, end))
+    if not rows:
+        raise BadDataError(f"{path}: subset {subset!r} has no annotated segment to evaluate against")
+    return GroundTruth(
+        path=path,
+        subset=subset,
+        labels=tuple(labels),
+        videos=tuple(videos),
+        segments=_segments(rows),
+        ambiguous=_segments([(v, 0, s, e) for v, s, e in ambiguous]),
+    )
+
+
+def _segments(rows: list[tuple[int, int, float, float]]) -> Segments:
+    table = np.array(rows, dtype=np.float64).reshape(-1, 4)
+    return Segments(
+        video=table[:, 0].astype(np.int64),
+        label=table[:, 1].astype(np.int64),
+        t_start=table[:, 2].copy(),
+        t_end=table[:, 3].copy(),
+    )
+
+
+def load_predictions(path: str | Path, gt: GroundTruth, ambiguous_label: str | None = None) -> Predictions:
+    """Load a submission and align it with `gt` (video and class indices).
+
+    Kept as the official evaluator does, and counted: predictions for videos outside the subset (false positives),
+    reversed segments (scored with the official tIoU formula). Dropped and counted: labels that are not a class of
+    the subset (the official code has no class to put them in) and, for THUMOS, predictions labelled Ambiguous.
+    """
+    path = resolve_predictions(path)
+    data = _read_json(path)
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, dict):
+        raise BadDataError(f"{path}: not an ActivityNet submission (no 'results' object at the top level)")
+    if not results:
+        raise BadDataError(f"{path}: 'results' is empty, there is nothing to evaluate")
+    video_index = {vid: i for i, vid in enumerate(gt.videos)}
+    label_index = {label: i for i, label in enumerate(gt.labels)}
+
+    videos, labels, starts, ends, scores = [], [], [], [], []
+    unknown_labels: dict[str, int] = {}
+    dropped_ambiguous = 0
+    all_integer_scores = True
+    for vid, items in results.items():
+        if not isinstance(items, list):
+            raise BadDataError(f"{path}: results[{vid!r}] must be a list of predictions, got {type(items).__name__}")
+        vidx = video_index.get(vid, -1)
+        for i, item in enumerate(items):
+            where = f"results[{vid!r}][{i}]"
+            start, end = _segment(path, where, item)
+            label = _label(path, where, item)
+            score = item.get("score")
+            if not _is_number(score) or not math.isfinite(score):
+                raise BadDataError(f"{path}: {where}.score must be a finite number, got {score!r}")
+            all_integer_scores = all_integer_scores and isinstance(score, int)
+            if label == ambiguous_label:
+                dropped_ambiguous += 1
+                continue
+            cidx = label_index.get(label)
+            if cidx is None:
+                unknown_labels[label] = unknown_labels.get(label, 0) + 1
+                continue
+            videos.append(vidx)
+            labels.append(cidx)
+            starts.append(start)
+            ends.append(end)
+            scores.append(score)
+
+    known_videos = [vid for vid in results if vid in video_index]
+    if not known_videos:
+        example = next(iter(results))
+        raise BadDataError(
+            f"{path}: no prediction is for a video of subset {gt.subset!r} of {gt.path} (e.g. {example!r}); "
+            "predictions for another dataset, or the wrong --subset?"
+        )
+    if not labels and unknown_labels:
+        example = next(iter(unknown_labels))
+        raise BadDataError(
+            f"{path}: no prediction label is a class of subset {gt.subset!r} of {gt.path} (e.g. {example!r}); "
+            "labels must be the class names used in the ground truth"
+        )
+    video = np.asarray(videos, dtype=np.int64)
+    # The official ranking sorts the score column as pandas built it from the whole file: int64 when every score is
+    # an integer, float64 otherwise. The sort's tie order depends on that dtype.
+    score_array = np.asarray(scores, dtype=np.int64 if all_integer_scores else np.float64)
+    segments = Segments(
+        video=video,
+        label=np.asarray(labels, dtype=np.int64),
+        t_start=np.asarray(starts, dtype=np.float64),
+        t_end=np.asarray(ends, dtype=np.float64),
+        score=score_array,
+    )
+    warnings = {
+        "predictions_for_unknown_videos": int(np.sum(video < 0)),
+        "predictions_with_unknown_labels": sum(unknown_labels.values()),
+        "reversed_prediction_segments": int(np.sum(segments.t_end < segments.t_start)),
+        "ambiguous_predictions_dropped": dropped_ambiguous,
+        "videos_without_predictions": len(gt.videos) - len(np.unique(video[video >= 0])),
+    }
+    return Predictions(path=path, segments=segments, warnings={k: v for k, v in warnings.items() if v})

@@ -1,0 +1,57 @@
+"""PNG of the length breakdown (Re²TAL Fig. 5): mAP and false-negative rate per bin. matplotlib is an optional extra."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from re2tal_cli.errors import Re2talError
+
+if TYPE_CHECKING:
+    from re2tal_cli.evaluate import EvaluationResult
+
+
+def plot_breakdown(result: EvaluationResult, path: str | Path) -> Path:
+    """Two bar charts side by side; written to a temporary file and renamed, so no half-written PNG is left."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise Re2talError("--plot needs matplotlib: pip install 're2tal[plot]'") from None
+    if result.breakdown is None:
+        raise ValueError("plot_breakdown needs a result computed with breakdown=True")
+
+    path = Path(path)
+    names = [f"{b.name}\n({b.num_gt})" for b in result.breakdown]
+    mAP = [0.0 if b.num_gt == 0 else 100 * b.average_mAP for b in result.breakdown]
+    fn = [0.0 if b.num_gt == 0 else 100 * b.average_fn_rate for b in result.breakdown]
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, values, title, color in zip(
+        fig.subplots(1, 2),
+        (mAP, fn),
+        ("(a) average mAP by action length", "(b) false negatives by action length"),
+        ("#386cb0", "#f0027f"),
+        strict=True,
+    ):
+        bars = ax.bar(names, values, color=color)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("%")
+        ax.set_ylim(0, max(max(values), 1.0) * 1.15)
+        ax.grid(axis="y", linestyle=":")
+        ax.set_axisbelow(True)
+    fig.suptitle(f"{result.protocol}, subset {result.subset} (bin: #instances)", fontsize=10)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
