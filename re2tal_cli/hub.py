@@ -78,12 +78,12 @@ def _resolve_hf(uri: str) -> Path:
 
 
 def _weights_in(folder: Path, src: str) -> Path:
-    """The weights file of a directory: model.safetensors if present, else its only weights file."""
+    """The weights file of a directory: model.safetensors if present, else its only weights file (at any depth)."""
     if (folder / "model.safetensors").is_file():
         return folder / "model.safetensors"
-    candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    candidates = sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if len(candidates) != 1:
-        found = ", ".join(p.name for p in candidates) or "none"
+        found = ", ".join(str(p.relative_to(folder)) for p in candidates) or "none"
         raise BadCheckpointError(f"{src}: expected one weights file ({'/'.join(WEIGHT_SUFFIXES)}), found {found}")
     return candidates[0]
 
@@ -102,8 +102,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix in (".pth", ".pt", ".bin"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle, zip and weights_only errors all mean the same to the user
-            raise BadCheckpointError(f"{path}: cannot be loaded with torch.load(weights_only=True): {error}") from None
+        except Exception:  # pickle, zip and weights_only errors all mean the same to the user
+            raise BadCheckpointError(
+                f"{path}: cannot be loaded with torch.load(weights_only=True): corrupt, or it pickles Python objects "
+                "beyond tensors (re-save its state_dict, or convert it to safetensors)"
+            ) from None
         return _unwrap(obj, path)
     raise BadCheckpointError(f"{path}: unknown checkpoint type (expected one of {', '.join(WEIGHT_SUFFIXES)})")
 
@@ -118,6 +121,10 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
             break
         obj = nested
     raise BadCheckpointError(f"{path}: holds no tensors (expected a state dict)")
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 def sha256(path: Path) -> str:

@@ -175,7 +175,7 @@ _PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "decoder_p
 def convert_videomae(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
     """Map a VideoMAE checkpoint (Hugging Face or original release) or our own layout to our keys; values untouched
     except the original release's fused qkv, which is split into q, k, v rows."""
-    if any(k.startswith("blocks.") and (".attn.q." in k or ".mlp.fc1." in k) for k in sd):
+    if any(re.fullmatch(r"blocks\.\d+\.attn\.k\.weight", k) for k in sd):  # ours: k separate, no other layout has it
         return ConvertedCheckpoint(dict(sd), "re2tal")
     dropped = tuple(k for k in sd if k.startswith(_PRETRAINING_ONLY))
     kept = {k: v for k, v in sd.items() if k not in dropped}

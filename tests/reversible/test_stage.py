@@ -1,0 +1,274 @@
+"""The reversible stage against ordinary autograd on the same rewired network."""
+
+import pytest
+import torch
+from torch import nn
+
+from re2tal_cli.models.layers import DropPath
+from re2tal_cli.reversible import Coupling, Execution, ResidualStage
+from re2tal_cli.reversible.check import gradient_error_level
+from re2tal_cli.reversible.schedule import DualResidualSchedule
+
+
+class MlpBlock(nn.Module):
+    def __init__(self, dim=8, drop_path=0.0, dropout=0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x):
+        return self.drop_path(self.dropout(self.fc2(torch.tanh(self.fc1(self.norm(x))))))
+
+
+class ConvBnBlock(nn.Module):
+    def __init__(self, channels=4):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm3d(channels)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class Net(nn.Module):
+    """Blocks registered under `blocks`; the stage only references them (as the backbones do)."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.stage = ResidualStage(list(self.blocks))
+
+    def forward(self, x):
+        return self.stage(x)
+
+
+def mlp_net(depth, **kwargs):
+    return Net([MlpBlock(**kwargs) for _ in range(depth)]).double()
+
+
+def grads_of(net, x, coupling, execution, rng_state=None):
+    """Input and parameter gradients of a fixed random projection of the output."""
+    net.stage.set_wiring(coupling, execution)
+    x = x.detach().requires_grad_(True)
+    params = list(net.parameters())
+    with torch.random.fork_rng(devices=[]):
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
+        out = net(x)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    return out, torch.autograd.grad((out * weights).sum(), [x, *params])
+
+
+MIDPOINT = DualResidualSchedule(total_steps=10).coupling_at(5)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize(
+    "coupling", [Coupling(0.0, 1.0), Coupling(0.5, 0.5), MIDPOINT], ids=["re2tal", "half", "midpoint"]
+)
+def test_fp64_gradients_equal_autograd(depth, coupling):
+    net = mlp_net(depth)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    out_ref, ref = grads_of(net, x, coupling, Execution.AUTOGRAD)
+    out_rev, rev = grads_of(net, x, coupling, Execution.REVERSIBLE)
+    assert torch.allclose(out_rev, out_ref, rtol=0, atol=1e-12)
+    assert len(ref) == 1 + len(list(net.parameters()))
+    for a, b in zip(rev, ref, strict=True):
+        assert (a - b).abs().max().item() < 1e-10
+    assert net.stage.guard.fallbacks == 0
+
+
+def test_original_coupling_is_the_residual_network_exactly():
+    net = mlp_net(3)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    h = x
+    for block in net.blocks:
+        h = h + block(h)
+    for coupling in (Coupling(1.0, 0.0),):
+        net.stage.set_wiring(coupling, Execution.AUTOGRAD)
+        assert torch.equal(net(x), h)
+    # the dual-residual formula at (1, 0) gives the same numbers, bit for bit
+    x_, y_ = x, 0.0 * x
+    for block in net.blocks:
+        x_, y_ = block(x_) + 1.0 * x_ + y_, 0.0 * x_
+    assert torch.equal((x_ + y_) / 1.0, h)
+
+
+def test_checkpoint_execution_matches_autograd():
+    net = mlp_net(3)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    for coupling in (Coupling(1.0, 0.0), Coupling(0.0, 1.0)):
+        _, ref = grads_of(net, x, coupling, Execution.AUTOGRAD)
+        _, ckpt = grads_of(net, x, coupling, Execution.CHECKPOINT)
+        assert gradient_error_level(ckpt, ref) < 1e-12
+
+
+def test_reversible_needs_nonzero_beta():
+    net = mlp_net(2)
+    with pytest.raises(ValueError, match="beta > 0"):
+        net.stage.set_wiring(Coupling(1.0, 0.0), Execution.REVERSIBLE)
+    with pytest.raises(ValueError, match="alpha"):
+        Coupling(float("nan"), 1.0)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_dropout_and_drop_path_replay_the_same_draws(depth):
+    net = mlp_net(depth, drop_path=0.5, dropout=0.3).train()
+    x = torch.randn(6, 5, 8, dtype=torch.float64)
+    state = torch.get_rng_state()
+    _, ref = grads_of(net, x, Coupling(0.0, 1.0), Execution.AUTOGRAD, rng_state=state)
+    _, rev = grads_of(net, x, Coupling(0.0, 1.0), Execution.REVERSIBLE, rng_state=state)
+    assert gradient_error_level(rev, ref) < 1e-10
+
+
+def test_recompute_leaves_the_global_generator_where_autograd_does():
+    """The backward's replay must neither reseed nor consume draws: the generator continues as after a plain step."""
+    net = mlp_net(3, drop_path=0.5, dropout=0.3).train()
+    x = torch.randn(6, 5, 8, dtype=torch.float64)
+    after = {}
+    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
+        net.stage.set_wiring(Coupling(0.0, 1.0), execution)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(123)
+            net(x).sum().backward()
+            after[execution] = torch.get_rng_state()
+    assert torch.equal(after[Execution.AUTOGRAD], after[Execution.REVERSIBLE])
+
+
+def test_successive_steps_draw_different_masks():
+    net = mlp_net(2, drop_path=0.5).train()
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    x = torch.randn(16, 5, 8, dtype=torch.float64)
+    grads = []
+    for _ in range(2):
+        net.zero_grad()
+        net(x).sum().backward()
+        grads.append(net.blocks[0].fc1.weight.grad.clone())
+    assert not torch.equal(grads[0], grads[1])
+
+
+def test_batchnorm_running_stats_updated_once():
+    torch.manual_seed(0)
+    nets = [Net([ConvBnBlock() for _ in range(3)]).double().train() for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.randn(2, 4, 3, 5, 5, dtype=torch.float64)
+    for net, execution in zip(nets, (Execution.AUTOGRAD, Execution.REVERSIBLE), strict=True):
+        net.stage.set_wiring(Coupling(0.0, 1.0), execution)
+        net(x).square().sum().backward()
+    for (name, a), (_, b) in zip(nets[0].state_dict().items(), nets[1].state_dict().items(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), name
+    assert int(nets[1].blocks[0].bn.num_batches_tracked) == 1
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert (a.grad - b.grad).abs().max() < 1e-10
+
+
+def test_bf16_autocast_runs_and_reconstruction_error_is_measured():
+    net = Net([MlpBlock(16) for _ in range(4)])
+    x = torch.randn(4, 10, 16)
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.AUTOGRAD)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_out = net(x)
+    ref_out.float().sum().backward()
+    ref = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    out.float().sum().backward()
+    guard = net.stage.guard
+    assert guard.backward_passes == 1 and 0 < guard.max_error < 5e-2
+    for a, p in zip(ref, net.parameters(), strict=True):
+        assert torch.isfinite(p.grad).all()
+        assert (p.grad - a).abs().max() <= 0.1 * a.abs().max() + 1e-3
+
+
+def test_small_beta_falls_back_to_exact_gradients_and_counts_it():
+    net = mlp_net(6)
+    with torch.no_grad():  # large weights: the inverse's division by β amplifies every rounding error
+        for p in net.parameters():
+            p.mul_(8)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    coupling = Coupling(1.0, 1e-6)
+    _, ref = grads_of(net, x, coupling, Execution.AUTOGRAD)
+    net.stage.guard.reset()
+    _, rev = grads_of(net, x, coupling, Execution.REVERSIBLE)
+    assert net.stage.guard.fallbacks == 1
+    assert net.stage.guard.max_error > net.stage.default_tolerance(x, _no_autocast())
+    assert gradient_error_level(rev, ref) < 1e-10
+
+
+def test_tolerance_is_configurable():
+    net = mlp_net(2)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE, tolerance=0.0)
+    net(x.requires_grad_()).sum().backward()
+    assert net.stage.guard.fallbacks == 1  # any nonzero rounding exceeds a zero tolerance
+
+
+def test_parameter_gradients_visible_to_autograd_grad():
+    """Weights are inputs of the Function, so torch.autograd.grad(loss, params) works (it would not with .backward()
+    inside the Function's backward, as in the public implementations)."""
+    net = mlp_net(3)
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    grads = torch.autograd.grad(net(x).sum(), list(net.parameters()))
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_frozen_parameters_and_input_without_grad():
+    net = mlp_net(3)
+    net.blocks[1].requires_grad_(False)
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    net(x).sum().backward()
+    assert all(p.grad is None for p in net.blocks[1].parameters())
+    assert all(p.grad is not None for p in net.blocks[0].parameters())
+
+
+def test_saved_memory_does_not_grow_with_depth():
+    """What a reversible stage keeps for backward is three stage-sized tensors, whatever the depth."""
+
+    def saved_bytes(depth, execution):
+        net = mlp_net(depth)
+        net.stage.set_wiring(Coupling(0.0, 1.0), execution)
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        x = torch.randn(4, 32, 8, dtype=torch.float64, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net(x)
+        return total
+
+    stage_bytes = 4 * 32 * 8 * 8
+    assert saved_bytes(3, Execution.REVERSIBLE) == saved_bytes(12, Execution.REVERSIBLE) == 3 * stage_bytes
+    assert saved_bytes(12, Execution.AUTOGRAD) > 4 * saved_bytes(3, Execution.AUTOGRAD) / 1.5
+
+
+def test_eval_without_grad_does_not_use_the_function():
+    net = mlp_net(2)
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    with torch.no_grad():
+        out = net(torch.randn(2, 5, 8, dtype=torch.float64))
+    assert out.grad_fn is None and net.stage.guard.backward_passes == 0
+
+
+def _no_autocast():
+    from re2tal_cli.reversible.replay import AutocastState
+
+    return AutocastState.capture(torch.device("cpu"))
+
+
+def test_schedule_end_points_and_steps():
+    schedule = DualResidualSchedule(total_steps=9, update_every=3)
+    assert schedule.coupling_at(0) == Coupling(1.0, 0.1)
+    assert schedule.coupling_at(2) == Coupling(1.0, 0.1)  # no update before η steps
+    assert schedule.coupling_at(3).alpha == pytest.approx(2 / 3) and schedule.coupling_at(3).beta == pytest.approx(0.4)
+    assert schedule.coupling_at(9) == Coupling(0.0, 1.0) == schedule.coupling_at(100)
