@@ -172,12 +172,30 @@ def _segments(rows: list[tuple[int, int, float, float]]) -> Segments:
     )
 
 
+def _check_prediction(path: Path, where: str, item: Any) -> None:
+    """Raise the error for one prediction, if it has one (the slow, precise path behind the bulk checks)."""
+    _segment(path, where, item)
+    _label(path, where, item)
+    score = item.get("score")
+    if not _is_number(score) or not math.isfinite(score):
+        raise BadDataError(f"{path}: {where}.score must be a finite number, got {score!r}")
+
+
+def _find_bad_prediction(path: Path, results: dict) -> BadDataError:
+    """The bulk checks failed somewhere: walk the file to name the first bad entry."""
+    for vid, items in results.items():
+        for i, item in enumerate(items):
+            _check_prediction(path, f"results[{vid!r}][{i}]", item)
+    return BadDataError(f"{path}: malformed predictions")  # not reached: the bulk checks only fail on a bad entry
+
+
 def load_predictions(path: str | Path, gt: GroundTruth, ambiguous_label: str | None = None) -> Predictions:
     """Load a submission and align it with `gt` (video and class indices).
 
     Kept as the official evaluator does, and counted: predictions for videos outside the subset (false positives),
     reversed segments (scored with the official tIoU formula). Dropped and counted: labels that are not a class of
     the subset (the official code has no class to put them in) and, for THUMOS, predictions labelled Ambiguous.
+    Checks run on whole columns (half a million predictions is a normal file); only a failure walks entry by entry.
     """
     path = resolve_predictions(path)
     data = _read_json(path)
@@ -187,66 +205,72 @@ def load_predictions(path: str | Path, gt: GroundTruth, ambiguous_label: str | N
     if not results:
         raise BadDataError(f"{path}: 'results' is empty, there is nothing to evaluate")
     video_index = {vid: i for i, vid in enumerate(gt.videos)}
-    label_index = {label: i for i, label in enumerate(gt.labels)}
-
-    videos, labels, starts, ends, scores = [], [], [], [], []
-    unknown_labels: dict[str, int] = {}
-    dropped_ambiguous = 0
-    all_integer_scores = True
-    for vid, items in results.items():
-        if not isinstance(items, list):
-            raise BadDataError(f"{path}: results[{vid!r}] must be a list of predictions, got {type(items).__name__}")
-        vidx = video_index.get(vid, -1)
-        for i, item in enumerate(items):
-            where = f"results[{vid!r}][{i}]"
-            start, end = _segment(path, where, item)
-            label = _label(path, where, item)
-            score = item.get("score")
-            if not _is_number(score) or not math.isfinite(score):
-                raise BadDataError(f"{path}: {where}.score must be a finite number, got {score!r}")
-            all_integer_scores = all_integer_scores and isinstance(score, int)
-            if label == ambiguous_label:
-                dropped_ambiguous += 1
-                continue
-            cidx = label_index.get(label)
-            if cidx is None:
-                unknown_labels[label] = unknown_labels.get(label, 0) + 1
-                continue
-            videos.append(vidx)
-            labels.append(cidx)
-            starts.append(start)
-            ends.append(end)
-            scores.append(score)
-
-    known_videos = [vid for vid in results if vid in video_index]
-    if not known_videos:
+    if not any(vid in video_index for vid in results):
         example = next(iter(results))
         raise BadDataError(
             f"{path}: no prediction is for a video of subset {gt.subset!r} of {gt.path} (e.g. {example!r}); "
             "predictions for another dataset, or the wrong --subset?"
         )
-    if not labels and unknown_labels:
-        example = next(iter(unknown_labels))
+
+    segs, labels, scores, counts = [], [], [], []
+    for vid, items in results.items():
+        if not isinstance(items, list):
+            raise BadDataError(f"{path}: results[{vid!r}] must be a list of predictions, got {type(items).__name__}")
+        try:
+            segs.extend([item["segment"] for item in items])
+            labels.extend([item["label"] for item in items])
+            scores.extend([item["score"] for item in items])
+        except (KeyError, TypeError):
+            raise _find_bad_prediction(path, results) from None
+        counts.append(len(items))
+    try:
+        span = np.array(segs, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise _find_bad_prediction(path, results) from None
+    number_types = {int, float}
+    label_types = set(map(type, labels))
+    score_types = set(map(type, scores))
+    if (
+        len(span) != len(segs)
+        or not set(map(type, segs)) <= {list}
+        or not {type(v) for seg in segs for v in seg} <= number_types
+        or not score_types <= number_types
+        or not label_types <= {str}
+        or "" in labels
+    ):
+        raise _find_bad_prediction(path, results)
+    score = np.asarray(scores, dtype=np.float64)
+    if not (np.isfinite(span).all() and np.isfinite(score).all()) or (span < 0).any():
+        raise _find_bad_prediction(path, results)
+
+    video = np.repeat(np.array([video_index.get(vid, -1) for vid in results], dtype=np.int64), counts)
+    label_index = {label: i for i, label in enumerate(gt.labels)}
+    if ambiguous_label is not None:
+        label_index[ambiguous_label] = -2
+    label = np.array([label_index.get(name, -1) for name in labels], dtype=np.int64)
+    if not (label >= 0).any() and (label == -1).any():
+        example = labels[int(np.argmax(label == -1))]
         raise BadDataError(
             f"{path}: no prediction label is a class of subset {gt.subset!r} of {gt.path} (e.g. {example!r}); "
             "labels must be the class names used in the ground truth"
         )
-    video = np.asarray(videos, dtype=np.int64)
+    keep = label >= 0
     # The official ranking sorts the score column as pandas built it from the whole file: int64 when every score is
     # an integer, float64 otherwise. The sort's tie order depends on that dtype.
-    score_array = np.asarray(scores, dtype=np.int64 if all_integer_scores else np.float64)
+    if score_types == {int}:
+        score = np.asarray(scores, dtype=np.int64)
     segments = Segments(
-        video=video,
-        label=np.asarray(labels, dtype=np.int64),
-        t_start=np.asarray(starts, dtype=np.float64),
-        t_end=np.asarray(ends, dtype=np.float64),
-        score=score_array,
+        video=video[keep],
+        label=label[keep],
+        t_start=span[keep, 0].copy(),
+        t_end=span[keep, 1].copy(),
+        score=score[keep],
     )
     warnings = {
-        "predictions_for_unknown_videos": int(np.sum(video < 0)),
-        "predictions_with_unknown_labels": sum(unknown_labels.values()),
+        "predictions_for_unknown_videos": int(np.sum(segments.video < 0)),
+        "predictions_with_unknown_labels": int(np.sum(label == -1)),
         "reversed_prediction_segments": int(np.sum(segments.t_end < segments.t_start)),
-        "ambiguous_predictions_dropped": dropped_ambiguous,
-        "videos_without_predictions": len(gt.videos) - len(np.unique(video[video >= 0])),
+        "ambiguous_predictions_dropped": int(np.sum(label == -2)),
+        "videos_without_predictions": len(gt.videos) - len(np.unique(segments.video[segments.video >= 0])),
     }
     return Predictions(path=path, segments=segments, warnings={k: v for k, v in warnings.items() if v})
