@@ -1,0 +1,235 @@
+"""Convolution, BatchNorm and residual-block pieces shared by the ResNet-style families (SlowFast, ResNet-3D, TSM).
+
+ReLU-in (Re²TAL supplementary A.2). A ResNet block computes ``h ← ReLU(h + body(h))``: the ReLU after the addition is
+not invertible, so it must move inside the residual function F before a stage can be rewired. We define
+
+    F(h) = ReLU(h + body(h)) − h
+
+so that ``h + F(h)`` *is* the original block: at α=1, β=0 the rewired stage computes the pretrained network (to
+floating-point rounding), Dr²Net's α/β schedule starts from it, and at α=0, β=1 F is still a pure function of its
+input (Re²TAL's rewiring). The alternative reading of the paper's Fig. 9, ``F = ReLU∘body``, is not the pretrained
+network at α=1, β=0; docs/models.md explains the choice.
+
+Blocks keep their parts as named submodules (``conv1``, ``bn1``, …, ``shortcut``): the same block object is the F of a
+`ResidualStage` (``in_stage=True``) or an ordinary block (the first block of each stage, which changes shape), and its
+checkpoint keys do not depend on the wiring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from re2tal_cli.models.layers import DropPath
+from re2tal_cli.reversible.stage import ResidualStage
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "Conv2Plus1d",
+    "ResLayer",
+    "ResidualBlock",
+    "Shortcut",
+    "Stem",
+    "TemporalShift",
+    "conv3d",
+    "freeze_batchnorm",
+    "with_num_batches_tracked",
+]
+
+Triple = tuple[int, int, int]
+
+
+def conv3d(cin: int, cout: int, kernel: Triple, stride: Triple = (1, 1, 1)) -> nn.Conv3d:
+    """A bias-free Conv3d with "same" padding (k // 2 per dimension), as every ResNet video family uses."""
+    return nn.Conv3d(cin, cout, kernel, stride=stride, padding=tuple(k // 2 for k in kernel), bias=False)
+
+
+class TemporalShift(nn.Module):
+    """TSM's shift on (B, C, T, H, W): the first C/div channels take the next frame's values, the next C/div the
+    previous frame's, zero at the ends; the rest stay. Same as the TSM release's shift on (B·T, C, H, W) clips of T
+    segments. No parameters, no randomness: it can sit inside a reversible F."""
+
+    def __init__(self, div: int = 8):
+        super().__init__()
+        self.div = div
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fold = x.shape[1] // self.div
+        if fold == 0 or x.shape[2] < 2:
+            return x
+        left = F.pad(x[:, :fold, 1:], (0, 0, 0, 0, 0, 1))  # frame t ← t+1, last frame zero
+        right = F.pad(x[:, fold : 2 * fold, :-1], (0, 0, 0, 0, 1, 0))  # frame t ← t−1, first frame zero
+        return torch.cat([left, right, x[:, 2 * fold :]], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"div={self.div}"
+
+
+class Stem(nn.Module):
+    """conv1 → bn1 → ReLU (→ conv2 → bn2 → ReLU) (→ spatial max-pool 3×3, stride 2)."""
+
+    def __init__(self, convs: Sequence[tuple[int, int, Triple, Triple]], pool: bool):
+        super().__init__()
+        self.depth = len(convs)
+        for i, (cin, cout, kernel, stride) in enumerate(convs, start=1):
+            self.add_module(f"conv{i}", conv3d(cin, cout, kernel, stride))
+            self.add_module(f"bn{i}", nn.BatchNorm3d(cout))
+        self.pool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) if pool else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.depth + 1):
+            x = F.relu(self._modules[f"bn{i}"](self._modules[f"conv{i}"](x)))
+        return x if self.pool is None else self.pool(x)
+
+
+class Shortcut(nn.Module):
+    """The projection shortcut of a stage's first block: 1×1×1 conv (strided) → BN."""
+
+    def __init__(self, cin: int, cout: int, stride: Triple):
+        super().__init__()
+        self.conv = conv3d(cin, cout, (1, 1, 1), stride)
+        self.bn = nn.BatchNorm3d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class Conv2Plus1d(nn.Module):
+    """R(2+1)D's factorised 3×3×3 conv: spatial 1×3×3 → BN → ReLU → temporal 3×1×1 (torchvision's `Conv2Plus1D`)."""
+
+    def __init__(self, cin: int, cout: int, mid: int, stride: Triple):
+        super().__init__()
+        self.spatial = conv3d(cin, mid, (1, 3, 3), (1, stride[1], stride[2]))
+        self.bn = nn.BatchNorm3d(mid)
+        self.temporal = conv3d(mid, cout, (3, 1, 1), (stride[0], 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.temporal(F.relu(self.bn(self.spatial(x))))
+
+
+class ResidualBlock(nn.Module):
+    """A ResNet block: `body` (subclasses), optional projection `shortcut`, optional TSM `shift` before the body.
+
+    Ordinary block (``in_stage`` False):  ReLU(shortcut(x) + drop_path(body(shift(x))))
+    F of a residual stage (``in_stage`` True, no shortcut):  ReLU(x + drop_path(body(shift(x)))) − x
+    """
+
+    def __init__(self, shortcut: nn.Module | None, drop_path: float, shift_div: int):
+        super().__init__()
+        self.shortcut = shortcut
+        self.shift = TemporalShift(shift_div) if shift_div else None
+        self.drop_path = DropPath(drop_path)
+        self.in_stage = False  # set by ResLayer for every block after a stage's first
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.drop_path(self.body(x if self.shift is None else self.shift(x)))
+        if self.in_stage:
+            return F.relu(x + branch) - x  # F: h + F(h) is the ordinary block (ReLU-in)
+        return F.relu((x if self.shortcut is None else self.shortcut(x)) + branch)
+
+
+class Bottleneck(ResidualBlock):
+    """conv1 kt×1×1 → BN → ReLU → conv2 1×3×3 (strided) → BN → ReLU → conv3 1×1×1 → BN (SlowFast, TSM-R50)."""
+
+    def __init__(
+        self,
+        cin: int,
+        inner: int,
+        cout: int,
+        temporal_kernel: int = 1,
+        stride: Triple = (1, 1, 1),
+        shortcut: bool = False,
+        drop_path: float = 0.0,
+        shift_div: int = 0,
+    ):
+        super().__init__(Shortcut(cin, cout, stride) if shortcut else None, drop_path, shift_div)
+        self.conv1 = conv3d(cin, inner, (temporal_kernel, 1, 1))
+        self.bn1 = nn.BatchNorm3d(inner)
+        self.conv2 = conv3d(inner, inner, (1, 3, 3), stride)
+        self.bn2 = nn.BatchNorm3d(inner)
+        self.conv3 = conv3d(inner, cout, (1, 1, 1))
+        self.bn3 = nn.BatchNorm3d(cout)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.bn3(self.conv3(x))
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3×3 convs with BN: conv1 (strided) → BN → ReLU → conv2 → BN. `conv` picks the 3×3 kind: "3d" (3×3×3,
+    R3D), "2plus1d" (factorised, R(2+1)D, torchvision's midplanes) or "2d" (1×3×3, TSM-R18)."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        conv: str,
+        stride: Triple = (1, 1, 1),
+        shortcut: bool = False,
+        drop_path: float = 0.0,
+        shift_div: int = 0,
+    ):
+        super().__init__(Shortcut(cin, cout, stride) if shortcut else None, drop_path, shift_div)
+        mid = (cin * cout * 27) // (cin * 9 + 3 * cout)  # torchvision's R(2+1)D midplanes: about the 3×3×3 count
+        self.conv1 = _conv3x3(conv, cin, cout, mid, stride)
+        self.bn1 = nn.BatchNorm3d(cout)
+        self.conv2 = _conv3x3(conv, cout, cout, mid, (1, 1, 1))
+        self.bn2 = nn.BatchNorm3d(cout)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+def _conv3x3(kind: str, cin: int, cout: int, mid: int, stride: Triple) -> nn.Module:
+    if kind == "3d":
+        return conv3d(cin, cout, (3, 3, 3), stride)
+    if kind == "2plus1d":
+        return Conv2Plus1d(cin, cout, mid, stride)
+    if kind == "2d":
+        return conv3d(cin, cout, (1, 3, 3), stride)
+    raise ValueError(f"unknown conv kind {kind!r}; expected '3d', '2plus1d' or '2d'")
+
+
+class ResLayer(nn.Module):
+    """One ResNet stage: its blocks as submodules "0" … "n-1" (keys ``layerK.J.*``). Block 0 changes the shape and
+    stays ordinary; blocks 1 … n-1 become the F of one `ResidualStage` (absent when the stage has a single block)."""
+
+    def __init__(self, blocks: Sequence[ResidualBlock]):
+        super().__init__()
+        for i, block in enumerate(blocks):
+            if i and block.shortcut is not None:
+                raise ValueError("only the first block of a stage may have a projection shortcut")
+            block.in_stage = i > 0
+            self.add_module(str(i), block)
+        self.stage = ResidualStage(list(blocks[1:])) if len(blocks) > 1 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._modules["0"](x)
+        return x if self.stage is None else self.stage(x)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: running statistics used and never updated; the affine weight and bias
+    still train (the usual end-to-end TAL setting, mmaction's `norm_eval`)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def with_num_batches_tracked(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dicts keep BatchNorm's `num_batches_tracked` (torch's default); a source without it (older
+    checkpoints) gets a zero counter for each BatchNorm, so the strict key check sees the same keys. The counter only
+    matters for momentum=None BatchNorm, which none of these families uses."""
+    out = dict(sd)
+    for key in sd:
+        if key.endswith(".running_mean"):
+            out.setdefault(key.removesuffix("running_mean") + "num_batches_tracked", torch.tensor(0, dtype=torch.long))
+    return out

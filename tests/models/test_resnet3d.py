@@ -1,0 +1,185 @@
+"""R3D / R(2+1)D / TSM: torchvision's models as the oracle, ReLU-in rewiring at both ends, TSM's shift inside F."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from re2tal_cli.checkpoint import build_from_state_dict
+from re2tal_cli.models import create_model, get_arch
+from re2tal_cli.models.resnet_blocks import TemporalShift
+from re2tal_cli.reversible import Coupling, Execution
+from re2tal_cli.reversible.check import check_reversibility
+
+ORACLE = "/work/shared/oracles/torchvision-video-models"
+
+
+@pytest.fixture(scope="session")
+def torchvision_models():
+    """torchvision's pure-Python model code (video and 2-D ResNets), or a clean skip."""
+    try:
+        done = subprocess.run([ORACLE], capture_output=True, text=True, timeout=300, check=True)
+        sys.path.insert(0, done.stdout.strip().splitlines()[-1])
+        from torchvision.models import resnet
+        from torchvision.models.video import resnet as video_resnet
+    except Exception as error:  # no script, no network for the wheel, no pillow, …
+        pytest.skip(f"torchvision oracle unavailable: {error}")
+    return video_resnet, resnet
+
+
+def randomise_batchnorm(model):
+    """Non-trivial BatchNorm statistics and affine parameters, so a key mix-up cannot hide."""
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def set_wiring(model, coupling, execution=Execution.AUTOGRAD):
+    for stage in model.residual_stages():
+        stage.set_wiring(coupling, execution)
+
+
+@pytest.mark.parametrize(("arch", "builder"), [("r3d-18", "r3d_18"), ("r2plus1d-18", "r2plus1d_18")])
+def test_torchvision_video_resnet_loads_and_matches(torchvision_models, arch, builder):
+    reference = randomise_batchnorm(getattr(torchvision_models[0], builder)()).eval()
+    model, converted = build_from_state_dict(get_arch(arch), reference.state_dict(), "torchvision")
+    assert converted.format == "torchvision-video"
+    model.eval()
+    video = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        expected = reference(video)
+        assert (model(video) - expected).abs().max() < 1e-5
+        set_wiring(model, Coupling(1.0, 0.0))  # the rewired net at α=1, β=0 is the source network
+        assert (model(video) - expected).abs().max() < 1e-5
+        set_wiring(model, Coupling(0.0, 1.0), Execution.REVERSIBLE)  # Re²TAL's end: a different (finite) network
+        assert torch.isfinite(model(video)).all()
+
+
+def tsm_reference(resnet_2d, video, div=8):
+    """A TSM network as the TSM release builds it: a 2-D ResNet over (B·T) frames whose blocks' conv1 first shift
+    channels across the T segments (view to (B, T, C, H, W), shift left/right, zero ends); logits averaged over T."""
+    b, _, t, h, w = video.shape
+
+    def shift(x):
+        nt, c, hh, ww = x.shape
+        x = x.view(nt // t, t, c, hh, ww)
+        fold = c // div
+        out = torch.zeros_like(x)
+        out[:, :-1, :fold] = x[:, 1:, :fold]
+        out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]
+        out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
+        return out.view(nt, c, hh, ww)
+
+    net = copy.deepcopy(resnet_2d)
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in layer:
+            conv = block.conv1
+            block.conv1 = torch.nn.Sequential(torch.nn.Module(), conv)
+            block.conv1[0].forward = shift
+    frames = video.transpose(1, 2).reshape(b * t, 3, h, w)
+    return net(frames).view(b, t, -1).mean(1)
+
+
+@pytest.mark.parametrize(("arch", "builder"), [("tsm-r18", "resnet18"), ("tsm-r50", "resnet50")])
+def test_tsm_matches_shifted_2d_resnet_in_both_layouts(torchvision_models, arch, builder):
+    resnet_2d = randomise_batchnorm(getattr(torchvision_models[1], builder)(num_classes=7)).eval()
+    sd = resnet_2d.state_dict()
+    release = {  # the TSM release: DataParallel prefix, base_model, shifted conv1 wrapped as `.net`, new_fc
+        "module."
+        + ("new_fc." + k[3:] if k.startswith("fc.") else "base_model." + k.replace(".conv1.", ".conv1.net.")): v
+        for k, v in sd.items()
+    }
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        expected = tsm_reference(resnet_2d, video)
+        for layout, fmt in ((sd, "torchvision-2d"), (release, "tsm")):
+            model, converted = build_from_state_dict(get_arch(arch), layout, "tsm")
+            assert converted.format == fmt
+            model.eval()
+            assert (model(video) - expected).abs().max() < 1e-5
+            set_wiring(model, Coupling(1.0, 0.0))
+            assert (model(video) - expected).abs().max() < 1e-5
+
+
+def test_tsm_shift_lives_inside_f():
+    """A rewired TSM block's F is ReLU(h + body(shift(h))) − h: it mixes neighbouring frames, the identity path does
+    not, and the reversible backward (which recomputes F) is exact."""
+    model = create_model("tsm-tiny").double().eval()
+    block = model.layer2._modules["1"]
+    assert block.in_stage and isinstance(block.shift, TemporalShift)
+    h = torch.randn(1, 8, 4, 4, 4, dtype=torch.float64)
+    expected = F.relu(h + block.body(block.shift(h))) - h
+    assert torch.equal(block(h), expected)
+    nudged = h.clone()
+    nudged[:, 0, 2] += 1.0  # channel 0 is in the first fold: frame 1 reads frame 2
+    assert not torch.equal(block(nudged)[:, :, 1], block(h)[:, :, 1])
+    report = check_reversibility(model, torch.randn(1, 3, 4, 32, 32, dtype=torch.float64), Coupling(0.0, 1.0))
+    assert report.gradient_error_level < 1e-10
+
+
+@pytest.mark.parametrize("arch", ["r3d-tiny", "r2plus1d-tiny", "tsm-tiny", "tsm-tiny-bottleneck"])
+def test_rewired_gradients_equal_autograd_fp64(arch):
+    """Stages with 1 (odd), 2 (even) and 0 rewired blocks; drop-path and dropout active (replayed)."""
+    model = create_model(arch, num_classes=3, drop_path=0.2, dropout=0.1).double()
+    assert [len(s.blocks) for s in model.residual_stages()] == [1, 2, 1]
+    video = torch.randn(2, 3, get_arch(arch).input.num_frames, 32, 32, dtype=torch.float64)
+    for coupling in (Coupling(0.0, 1.0), Coupling(0.5, 0.5)):
+        report = check_reversibility(model, video, coupling)
+        assert report.gradient_error_level < 1e-10
+        assert report.output_error < 1e-12
+        assert report.fallbacks == 0
+
+
+def batchnorm_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_batchnorm_in_training_mode_is_updated_once():
+    """BatchNorm left in training mode: after one reversible step the running statistics equal those after one
+    ordinary-autograd step (the recompute in the backward does not update them again)."""
+    base = create_model("r3d-tiny", frozen_bn=False).double().train()
+    video = torch.randn(2, 3, 8, 32, 32, dtype=torch.float64)
+    states = {}
+    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
+        model = copy.deepcopy(base)
+        set_wiring(model, Coupling(0.0, 1.0), execution)
+        model(video).square().sum().backward()
+        states[execution] = batchnorm_state(model)
+    before = batchnorm_state(base)
+    assert any(not torch.equal(before[k], v) for k, v in states[Execution.AUTOGRAD].items())
+    for key, value in states[Execution.AUTOGRAD].items():
+        assert torch.allclose(states[Execution.REVERSIBLE][key], value, rtol=0, atol=1e-12), key
+
+
+def test_frozen_batchnorm_is_the_default():
+    model = create_model("tsm-tiny").train()
+    assert model.training
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert layers and not any(m.training for m in layers)
+    assert all(m.weight.requires_grad for m in layers)  # affine parameters still train
+    before = batchnorm_state(model)
+    model(torch.randn(1, 3, 4, 32, 32)).sum().backward()
+    assert all(torch.equal(v, before[k]) for k, v in batchnorm_state(model).items())
+
+
+def test_feature_shapes():
+    r3d = create_model("r3d-tiny").eval()
+    tsm = create_model("tsm-tiny").eval()
+    with torch.no_grad():
+        assert r3d.feature_maps(torch.randn(1, 3, 16, 32, 32)).shape == (1, 16, 2, 2, 2)
+        assert r3d.temporal_features(torch.randn(1, 3, 16, 32, 32)).shape == (1, 16, 2)
+        assert tsm.feature_maps(torch.randn(1, 3, 5, 64, 32)).shape == (1, 16, 5, 2, 1)
+        assert tsm(torch.randn(2, 3, 5, 32, 32)).shape == (2, 16)
+    assert (r3d.temporal_stride, tsm.temporal_stride) == (8, 1)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        r3d.feature_maps(torch.randn(1, 3, 12, 32, 32))
