@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from re2tal_cli.cli import evaluate, rewire
+from re2tal_cli.cli import data, evaluate, rewire
 from re2tal_cli.cli._errors import handle_errors
 
 app = typer.Typer(
@@ -33,6 +33,8 @@ def _root(
 
 for command in (rewire, evaluate):
     app.command(name=command.NAME, help=command.main.__doc__, epilog=command.EPILOG)(handle_errors(command.main))
+
+app.add_typer(data.app, name="data")
 
 
 def main() -> None:
