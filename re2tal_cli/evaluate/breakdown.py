@@ -57,9 +57,12 @@ def duration_breakdown(
     gt_bin = length_bin_index(ground_truth, bins)
     n_thr = matching.matched_gt.shape[0]
     ranked = matching.matched_gt[:, matching.order]  # (T, P) in ranking order
-    matched_bin = np.where(ranked >= 0, gt_bin[np.maximum(ranked, 0)], -1)
     tp_all = ranked >= 0
+    # Bit b set: the prediction matched ground truth of bin b at some threshold.
+    bins_hit = np.bitwise_or.reduce(np.where(tp_all, 1 << gt_bin[np.maximum(ranked, 0)], 0), axis=0)
     fp_all = ~tp_all if ignored is None else ~tp_all & ~ignored[matching.order][None, :]
+    # Prediction-major copies: gathering the kept predictions of a class is then a row gather, not a column one.
+    tp_rows, fp_rows = np.ascontiguousarray(tp_all.T), np.ascontiguousarray(fp_all.T)
     out = []
     low = 0.0
     for b, (name, high) in enumerate(bins):
@@ -72,12 +75,12 @@ def duration_breakdown(
             continue
         npos = np.bincount(ground_truth.label[in_bin], minlength=num_classes)
         # DETAD drops a prediction matched to another bin's ground truth at any threshold.
-        keep = ((matched_bin == b) | (matched_bin < 0)).all(axis=0)
+        keep = (bins_hit & ~(1 << b)) == 0
         ap = []
         for c in np.flatnonzero(npos):
             lo, hi = matching.class_bounds[c], matching.class_bounds[c + 1]
             kept = np.flatnonzero(keep[lo:hi]) + lo
-            ap.append(average_precision_from_flags(tp_all[:, kept], fp_all[:, kept], int(npos[c])))
+            ap.append(average_precision_from_flags(tp_rows[kept].T, fp_rows[kept].T, int(npos[c])))
         fn_rate = 1.0 - matching.gt_matched[:, in_bin].mean(axis=1)
         out.append(LengthBin(name, low, high, num_gt, np.mean(ap, axis=0), fn_rate))
         low = high
