@@ -1,0 +1,168 @@
+"""Training-step activation memory and step time: plain vs per-block checkpointing vs reversible, side by side.
+
+Example (issue #2's figure: one ViT at three depths):
+    python benchmarks/bench_training_memory.py --arch vit-s --depths 6 12 24 --frames 16 --size 224
+Backbone families at their own depth (Re²TAL Fig. 7):
+    python benchmarks/bench_training_memory.py --arch swin3d-t swin3d-s --frames 32 --size 112
+
+Each (arch, depth, wiring) runs in its own process. Activation memory is the peak during one training step (forward,
+backward, AdamW step) minus what was held just before it, with model, optimizer state and input already allocated:
+on CUDA torch.cuda.max_memory_allocated; on CPU the process's peak resident set (VmHWM, reset through
+/proc/self/clear_refs) with glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step
+time is the median of --steps further steps. Ratios are to the plain wiring of the same arch and depth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+WIRINGS = ("plain", "checkpoint", "reversible")
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    from re2tal_cli.models import create_model
+    from re2tal_cli.reversible import Coupling, Execution
+
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    overrides = {"depth": spec["depth"]} if spec["depth"] else {}
+    model = create_model(spec["arch"], drop_path=0.1, **overrides).to(device).train()
+    coupling, execution = {
+        "plain": (Coupling(1.0, 0.0), Execution.AUTOGRAD),
+        "checkpoint": (Coupling(1.0, 0.0), Execution.CHECKPOINT),
+        "reversible": (Coupling(0.0, 1.0), Execution.REVERSIBLE),
+    }[spec["wiring"]]
+    for stage in model.residual_stages():
+        stage.set_wiring(coupling, execution)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step(video):
+        loss = model.temporal_features(video).float().square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # Warm-up on a small frame size: creates the optimizer state and starts autograd's and the kernels' one-time
+    # machinery, so the measured step holds only what the step itself needs.
+    step(torch.randn(spec["batch"], 3, spec["frames"], 32, 32, device=device))
+    video = torch.randn(spec["batch"], 3, spec["frames"], spec["size"], spec["size"], device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(video)
+        torch.cuda.synchronize()
+        activation = torch.cuda.max_memory_allocated() - before
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set to the current one
+        before = _rss_bytes("VmRSS")
+        step(video)
+        activation = _rss_bytes("VmHWM") - before
+    times = []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        step(video)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    params = sum(p.numel() for p in model.parameters())
+    return {**spec, "activation_bytes": activation, "step_seconds": statistics.median(times), "parameters": params}
+
+
+def run_isolated(spec: dict) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"worker failed for {spec}:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", nargs="+", required=True)
+    parser.add_argument("--depths", nargs="*", type=int, default=[], help="override the depth (ViT family)")
+    parser.add_argument("--frames", type=int, required=True)
+    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps after the measured one")
+    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    parser.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+
+    rows = []
+    for arch in args.arch:
+        for depth in args.depths or [0]:
+            for wiring in WIRINGS:
+                spec = dict(arch=arch, depth=depth, wiring=wiring, frames=args.frames, size=args.size)
+                spec.update(batch=args.batch, steps=args.steps, device=args.device)
+                rows.append(run_isolated(spec))
+                print(_format_row(rows[-1], rows), flush=True)
+    _print_summary(rows)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+def _plain_of(row: dict, rows: list[dict]) -> dict:
+    return next(r for r in rows if (r["arch"], r["depth"], r["wiring"]) == (row["arch"], row["depth"], "plain"))
+
+
+def _format_row(row: dict, rows: list[dict]) -> str:
+    plain = _plain_of(row, rows)
+    mib = row["activation_bytes"] / 2**20
+    return (
+        f"{row['arch']:<10} depth={row['depth'] or '-':<3} {row['wiring']:<11} activations {mib:9.1f} MiB "
+        f"({row['activation_bytes'] / plain['activation_bytes']:.3f} of plain)   step {row['step_seconds']:7.2f} s "
+        f"({row['step_seconds'] / plain['step_seconds']:.2f} of plain)"
+    )
+
+
+def _print_summary(rows: list[dict]) -> None:
+    reversible = [r for r in rows if r["wiring"] == "reversible"]
+    print("\nreversible activation memory relative to the first configuration:")
+    for r in reversible:
+        print(f"  {r['arch']:<10} depth={r['depth'] or '-':<3} {r['activation_bytes'] / reversible[0]['activation_bytes']:.3f}")
+    print("reversible / checkpoint: ", end="")
+    for r in reversible:
+        ckpt = next(c for c in rows if (c["arch"], c["depth"], c["wiring"]) == (r["arch"], r["depth"], "checkpoint"))
+        print(
+            f"{r['arch']} d={r['depth'] or '-'} memory {r['activation_bytes'] / ckpt['activation_bytes']:.2f}, "
+            f"time {r['step_seconds'] / ckpt['step_seconds']:.2f};  ",
+            end="",
+        )
+    print()
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
