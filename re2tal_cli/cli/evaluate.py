@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from re2tal_cli.evaluate import EvaluationResult
 
 NAME = "evaluate"
 EPILOG = """Examples:
@@ -73,7 +76,7 @@ def main(
     _render(result, per_class, plot)
 
 
-def _render(result, per_class: bool, plot: Path | None) -> None:
+def _render(result: EvaluationResult, per_class: bool, plot: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -117,12 +117,12 @@ def check_tiou(tiou: Sequence[float]) -> tuple[float, ...]:
     """Thresholds must be in (0, 1]; a duplicate would count twice in the average."""
     values = tuple(float(t) for t in tiou)
     if not values:
-        raise BadInputError("--tiou: give at least one threshold")
+        raise BadInputError("tIoU thresholds: give at least one")
     bad = [t for t in values if not 0.0 < t <= 1.0]
     if bad:
-        raise BadInputError(f"--tiou: thresholds must be in (0, 1], got {bad[0]}")
+        raise BadInputError(f"tIoU thresholds must be in (0, 1], got {bad[0]}")
     if len(set(values)) != len(values):
-        raise BadInputError(f"--tiou: duplicate threshold in {list(values)}")
+        raise BadInputError(f"tIoU thresholds: duplicate in {list(values)}")
     return values
 
 

@@ -99,7 +99,7 @@ def test_bad_inputs_give_one_line(dataset, tmp_path):
     msg = _error([gt, run, "--subset", "testing"])
     assert "annotations.json" in msg and "'validation'" in msg and "'training'" in msg
     assert "unknown protocol 'thumso'" in _error([gt, run, "--protocol", "thumso"])
-    assert "--tiou" in _error([gt, run, "--tiou", "0.5,1.5"])
+    assert "tIoU thresholds must be in (0, 1], got 1.5" in _error([gt, run, "--tiou", "0.5,1.5"])
     assert "no predictions.json" in _error([gt, tmp_path])
     assert "no such file" in _error([tmp_path / "missing.json", run])
 
@@ -114,3 +114,16 @@ def test_bad_ground_truth(tmp_path, dataset):
     assert "gt.json" in msg and "reversed" in msg and "annotations[0]" in msg
     gt.write_text(json.dumps({"version": 1}))
     assert "no 'database'" in _error([gt, run])
+
+
+def test_plot_without_matplotlib_says_so(dataset, tmp_path, monkeypatch):
+    import sys
+
+    data, run = dataset
+    for name in [m for m in sys.modules if m.startswith("matplotlib")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib... raises ImportError
+    res = runner.invoke(app, ["evaluate", str(data), str(run), "--plot", str(tmp_path / "x.png")])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == "Error: --plot needs matplotlib: pip install 're2tal[plot]'"
+    assert not (tmp_path / "x.png").exists()
