@@ -109,10 +109,10 @@ class SlowFast(VideoBackbone):
         n = len(cfg.slow_layers)
         fast_width = cfg.width // cfg.beta_inv
         fast_in = [fast_width] + [fast_width * 2**k * 4 for k in range(n - 1)]  # fast channels entering stage k
-        self.fuse = nn.ModuleList(Fusion(c, cfg) for c in fast_in)
         lateral = [c * cfg.fusion_ratio for c in fast_in]
         self.slow = Pathway(cfg, cfg.width, cfg.slow_layers, cfg.slow_temporal_kernels, 1, lateral)
         self.fast = Pathway(cfg, fast_width, cfg.fast_layers, cfg.fast_temporal_kernels, cfg.fast_stem_kernel, [0] * n)
+        self.fuse = nn.ModuleList(Fusion(c, cfg) for c in fast_in)  # fuse[k]: fast → slow before stage k
         self.out_channels = self.slow.out_channels + self.fast.out_channels
         self.temporal_stride = cfg.alpha
         self.min_frames = cfg.alpha

@@ -106,9 +106,10 @@ def test_tsm_matches_shifted_2d_resnet_in_both_layouts(torchvision_models, arch,
             model, converted = build_from_state_dict(get_arch(arch), layout, "tsm")
             assert converted.format == fmt
             model.eval()
-            assert (model(video) - expected).abs().max() < 1e-5
+            scale = expected.abs().max()  # 2-D and 3-D conv kernels sum in another order: compare relative to scale
+            assert (model(video) - expected).abs().max() < 1e-5 * scale
             set_wiring(model, Coupling(1.0, 0.0))
-            assert (model(video) - expected).abs().max() < 1e-5
+            assert (model(video) - expected).abs().max() < 1e-5 * scale
 
 
 def test_tsm_shift_lives_inside_f():
