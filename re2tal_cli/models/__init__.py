@@ -3,6 +3,7 @@
 from re2tal_cli.models import (
     resnet3d,  # noqa: F401  (registers r3d-*, r2plus1d-*, tsm-*)
     slowfast,  # noqa: F401  (registers slowfast-*)
+    swin3d,  # noqa: F401  (registers swin3d-*)
     vit,  # noqa: F401  (registers vit-*)
 )
 from re2tal_cli.models.base import InputSpec, VideoBackbone
