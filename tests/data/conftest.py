@@ -60,3 +60,14 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     (d / "truncated.mp4").write_bytes(good[: len(good) // 3])
     out.update(zero=d / "zero.mp4", garbage=d / "garbage.mp4", truncated=d / "truncated.mp4")
     return out
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: one intra-op thread is ~100× faster than two fighting for cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
