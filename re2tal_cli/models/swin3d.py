@@ -96,12 +96,18 @@ def _partition(x: torch.Tensor, window: Size3) -> torch.Tensor:
     return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, wd * wh * ww, c)
 
 
-def _unpartition(x: torch.Tensor, window: Size3, padded: Size3) -> torch.Tensor:
-    """(B, nW, N, C) → (B, D, H, W, C): the inverse of `_partition`."""
-    b, _, _, c = x.shape
-    (d, h, w), (wd, wh, ww) = padded, window
-    x = x.view(b, d // wd, h // wh, w // ww, wd, wh, ww, c)
-    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, c)
+def _window_order(size: Size3, padded: Size3, window: Size3, shift: Size3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices that do pad-grid → rolled-by-−shift → window partition in one `index_select`, and back.
+
+    order: (Lp,) flat padded-grid position of each token in window order (windows in (d, h, w) order, tokens in each
+    window likewise); back: (L,) window-order position of each real (uncropped) grid token, in grid order. One copy
+    each way instead of roll + partition (+ reverse, un-roll, crop): fewer token-sized temporaries in a recompute."""
+    grid = torch.arange(math.prod(padded)).view(padded)
+    if any(shift):
+        grid = torch.roll(grid, shifts=tuple(-s for s in shift), dims=(0, 1, 2))
+    order = _partition(grid[None, ..., None], window).reshape(-1)  # (Lp,)
+    back = torch.argsort(order).view(padded)[: size[0], : size[1], : size[2]].reshape(-1)  # (L,)
+    return order, back
 
 
 class _WindowCache:
@@ -111,6 +117,7 @@ class _WindowCache:
     def __init__(self):
         self._index: dict[tuple, torch.Tensor] = {}
         self._regions: dict[tuple, torch.Tensor] = {}
+        self._order: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def index(self, full_window: Size3, window: Size3, device: torch.device) -> torch.Tensor:
         """The full window's index cut to the first N×N entries, as both references do when the window shrinks to a
@@ -127,64 +134,75 @@ class _WindowCache:
             self._regions[key] = _region_ids(padded, window, shift).to(device)
         return self._regions[key]
 
+    def order(self, size: Size3, padded: Size3, window: Size3, shift: Size3, device: torch.device):
+        key = (size, padded, window, shift, device)
+        if key not in self._order:
+            self._order[key] = tuple(t.to(device) for t in _window_order(size, padded, window, shift))
+        return self._order[key]
+
 
 class _WindowAttention(torch.autograd.Function):
-    """softmax(q·kᵀ·scale + bias + mask)·v per window, where mask = −100 between tokens of different regions.
+    """softmax(q·kᵀ·scale + bias + mask)·v per window and head, where mask = −100 between tokens of different regions.
 
-    q, k, v: (B, nW, heads, N, hd); bias: (heads, N, N), a function of the learned table; regions: (nW, N) or None.
-    Saves q, k, v only: the backward recomputes the probabilities P a chunk of windows at a time and, with
-    dP = g·vᵀ and dS = P ⊙ (dP − rowsum(dP ⊙ P)), returns dq = dS·k·scale, dk = dSᵀ·q·scale, dv = Pᵀ·g and
-    dbias = Σ_windows dS. Works in the dtype of q (under autocast: the reduced one), bias gradient in the bias's.
+    qkv: (B, nW, N, 3C), the qkv projection's output as is ([q | k | v], each split into heads); bias: (heads, N, N),
+    a function of the learned table; regions: (nW, N) or None. Returns (B, nW, N, C), heads concatenated, ready for
+    the output projection. Saves qkv only: the backward recomputes the probabilities P a chunk of windows at a time
+    and, with O = P·v, D = rowsum(g ⊙ O) and dS = P ⊙ (g·vᵀ − D), fills dq = dS·k·scale, dk = dSᵀ·q·scale,
+    dv = Pᵀ·g into one dqkv, and returns dbias = Σ_windows dS. Works in qkv's dtype (under autocast: the reduced one);
+    the bias gradient comes back in the bias's dtype.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, regions, scale):
-        b, nw, heads, n, _ = q.shape
-        bias_q = bias.to(q.dtype)
-        with torch.autocast(q.device.type, enabled=False):
-            if regions is None:  # one fused call: the (heads, N, N) bias broadcasts over all windows
-                out = F.scaled_dot_product_attention(
-                    q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), bias_q, scale=scale
-                )
-                out = out.view(q.shape)
-            else:
-                out = torch.empty_like(q)
-                for i, w0, w1 in _chunks(b, nw, heads * n * n * q.element_size()):
-                    mask = bias_q + _shift_mask(regions[w0:w1], q.dtype)[:, None]  # (c, heads, N, N)
-                    out[i, w0:w1] = F.scaled_dot_product_attention(
-                        q[i, w0:w1], k[i, w0:w1], v[i, w0:w1], mask, scale=scale
-                    )
-        ctx.save_for_backward(q, k, v, bias, regions)
-        ctx.scale = scale
+    def forward(ctx, qkv, bias, regions, heads, scale):
+        b, nw, n, c3 = qkv.shape
+        parts = qkv.view(b, nw, n, 3, heads, c3 // 3 // heads)
+        out = qkv.new_empty(b, nw, n, c3 // 3)
+        out_heads = out.view(b, nw, n, heads, c3 // 3 // heads)
+        ctx.heads, ctx.scale, ctx.bias_dtype = heads, scale, bias.dtype
+        bias = bias.to(qkv.dtype)
+        with torch.autocast(qkv.device.type, enabled=False):
+            for i, w0, w1 in _chunks(b, nw, heads * n * n * qkv.element_size()):
+                q, k, v = (parts[i, w0:w1, :, j].transpose(1, 2) for j in range(3))  # (c, heads, N, hd) views
+                mask = bias if regions is None else bias + _shift_mask(regions[w0:w1], qkv.dtype)[:, None]
+                out_heads[i, w0:w1] = F.scaled_dot_product_attention(q, k, v, mask, scale=scale).transpose(1, 2)
+        ctx.save_for_backward(qkv, bias, regions)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        q, k, v, bias, regions = ctx.saved_tensors
-        scale = ctx.scale
-        b, nw, heads, n, _ = q.shape
-        g = g.to(q.dtype)
-        bias_q = bias.to(q.dtype)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dbias = torch.zeros_like(bias_q)
-        with torch.autocast(q.device.type, enabled=False):
-            for i, w0, w1 in _chunks(b, nw, heads * n * n * q.element_size()):
-                qc, kc, vc, gc = q[i, w0:w1], k[i, w0:w1], v[i, w0:w1], g[i, w0:w1]  # (c, heads, N, hd)
-                s = torch.matmul(qc, kc.transpose(-2, -1)).mul_(scale).add_(bias_q)  # scores (c, heads, N, N)
+        qkv, bias, regions = ctx.saved_tensors
+        heads, scale = ctx.heads, ctx.scale
+        b, nw, n, c3 = qkv.shape
+        hd = c3 // 3 // heads
+        parts = qkv.view(b, nw, n, 3, heads, hd)
+        g = g.to(qkv.dtype).contiguous().view(b, nw, n, heads, hd)
+        dqkv = torch.empty_like(qkv)
+        dparts = dqkv.view(b, nw, n, 3, heads, hd)
+        dbias = torch.zeros_like(bias)
+        with torch.autocast(qkv.device.type, enabled=False):
+            for i, w0, w1 in _chunks(b, nw, heads * n * n * qkv.element_size()):
+                q, k, v = (parts[i, w0:w1, :, j].transpose(1, 2) for j in range(3))  # (c, heads, N, hd)
+                gc = g[i, w0:w1].transpose(1, 2)
+                p = torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias)  # scores (c, heads, N, N)
                 if regions is not None:
-                    s.add_(_shift_mask(regions[w0:w1], q.dtype)[:, None])
-                p = torch.softmax(s, dim=-1)
-                del s
-                dv[i, w0:w1] = torch.matmul(p.transpose(-2, -1), gc)  # dv = Pᵀ·g
-                ds = torch.matmul(gc, vc.transpose(-2, -1))  # dP = g·vᵀ
-                ds.sub_((ds * p).sum(-1, keepdim=True)).mul_(p)  # dS = P ⊙ (dP − rowsum(dP ⊙ P))
+                    p.add_(_shift_mask(regions[w0:w1], qkv.dtype)[:, None])
+                p = _softmax_(p)
+                rows = (gc * torch.matmul(p, v)).sum(-1, keepdim=True)  # D = rowsum(g ⊙ O), (c, heads, N, 1)
+                dparts[i, w0:w1, :, 2] = torch.matmul(p.transpose(-2, -1), gc).transpose(1, 2)  # dv = Pᵀ·g
+                ds = torch.matmul(gc, v.transpose(-2, -1)).sub_(rows).mul_(p)  # dS = P ⊙ (g·vᵀ − D)
                 del p
                 dbias += ds.sum(0)
-                dq[i, w0:w1] = torch.matmul(ds, kc).mul_(scale)
-                dk[i, w0:w1] = torch.matmul(ds.transpose(-2, -1), qc).mul_(scale)
+                dparts[i, w0:w1, :, 0] = torch.matmul(ds, k).mul_(scale).transpose(1, 2)  # dq = dS·k·scale
+                dparts[i, w0:w1, :, 1] = torch.matmul(ds.transpose(-2, -1), q).mul_(scale).transpose(1, 2)
                 del ds
-        return dq, dk, dv, dbias.to(bias.dtype), None, None
+        return dqkv, dbias.to(ctx.bias_dtype), None, None, None
+
+
+def _softmax_(s: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, in place (one N×N chunk fewer than `torch.softmax` in the backward)."""
+    s.sub_(s.amax(-1, keepdim=True)).exp_()
+    return s.div_(s.sum(-1, keepdim=True))
 
 
 def _chunks(batch: int, windows: int, bytes_per_window: int):
@@ -235,23 +253,15 @@ class WindowAttentionBlock(nn.Module):
         if any(pad):
             x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
         padded: Size3 = (d + pad[0], h + pad[1], w + pad[2])
-        if any(shift):
-            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-        x = _partition(x, window)  # (B, nW, N, C)
-        nw, n = x.shape[1], x.shape[2]
-        qkv = self.qkv(x).view(b, nw, n, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5).contiguous()
-        q, k, v = qkv.unbind(0)  # (B, nW, heads, N, hd) each, views of one tensor
+        n = math.prod(window)
+        order, back = self._cache.order((d, h, w), padded, window, shift, x.device)
+        x = x.reshape(b, -1, c).index_select(1, order).view(b, -1, n, c)  # shifted windows (B, nW, N, C)
         index = self._cache.index(self.window, window, x.device)
         bias = self.relative_position_bias_table[index].view(n, n, self.heads).permute(2, 0, 1).contiguous()
         regions = self._cache.regions(padded, window, shift, x.device) if any(shift) else None
-        x = _WindowAttention.apply(q, k, v, bias, regions, (c // self.heads) ** -0.5)
-        del qkv, q, k, v
-        x = self.dropout(self.proj(x.transpose(2, 3).reshape(b, nw, n, c)))  # (B, nW, N, C)
-        x = _unpartition(x, window, padded)  # (B, Dp, Hp, Wp, C)
-        if any(shift):
-            x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
-        if any(pad):
-            x = x[:, :d, :h, :w]
+        x = _WindowAttention.apply(self.qkv(x), bias, regions, self.heads, (c // self.heads) ** -0.5)  # (B, nW, N, C)
+        x = self.dropout(self.proj(x))
+        x = x.view(b, -1, c).index_select(1, back).view(b, d, h, w, c)  # un-shifted, cropped grid
         return self.drop_path(x)
 
 
