@@ -30,6 +30,7 @@ from re2tal_cli.models.resnet_blocks import (
     ResLayer,
     Stem,
     freeze_batchnorm,
+    unknown_layout,
     with_num_batches_tracked,
 )
 
@@ -122,19 +123,22 @@ def _stem(kind: str, width: int) -> Stem:
 
 _TV_VIDEO_STEM = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2"}
 _TV_VIDEO_CONV = {"0": "spatial", "1": "bn", "3": "temporal"}
+_OURS = ("stem.conv1.", "stem.bn1.")  # marks our layout (torchvision's is stem.0, the 2-D one conv1)
 
 
-def convert_resnet3d(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
+def convert_resnet3d(sd: Mapping[str, torch.Tensor], arch: str = "resnet3d") -> ConvertedCheckpoint:
     """Map a torchvision video ResNet, a TSM release or a torchvision 2-D ResNet checkpoint to our keys. Values are
-    untouched except 2-D conv kernels, which gain a temporal axis of size 1. Unknown layouts pass through, so the
-    strict key check names what is missing and what is left over."""
+    untouched except 2-D conv kernels, which gain a temporal axis of size 1. Our own layout is passed to the strict key
+    check as is; any other layout raises, naming our first key and the checkpoint's first foreign one."""
     if any(k.startswith("stem.0.") for k in sd):
         return ConvertedCheckpoint(with_num_batches_tracked(_convert_torchvision_video(sd)), "torchvision-video")
     keys = {k.removeprefix("module.").removeprefix("base_model.") for k in sd}
     if "conv1.weight" in keys and "bn1.weight" in keys:
         fmt = "tsm" if any(k.startswith(("module.base_model.", "base_model.")) for k in sd) else "torchvision-2d"
         return ConvertedCheckpoint(with_num_batches_tracked(_convert_2d(sd)), fmt)
-    return ConvertedCheckpoint(with_num_batches_tracked(sd), "re2tal")
+    if any(k.startswith(_OURS) for k in sd):
+        return ConvertedCheckpoint(with_num_batches_tracked(sd), "re2tal")
+    raise unknown_layout(sd, arch, "ResNet-3D/TSM", "stem.conv1.weight", ("stem.", "layer", "head."))
 
 
 def _convert_torchvision_video(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -181,7 +185,10 @@ def _register(name: str, cfg: ResNet3dConfig, input_spec: InputSpec, description
     def build(**overrides) -> ResNet3d:
         return ResNet3d(replace(cfg, **overrides))
 
-    register_arch(Arch(name, "resnet3d", build, input_spec, convert_resnet3d, description, test_only))
+    def convert(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
+        return convert_resnet3d(sd, arch=name)
+
+    register_arch(Arch(name, "resnet3d", build, input_spec, convert, description, test_only))
 
 
 # torchvision's Kinetics-400 video ResNets: 16-frame clips at 112² (frames resampled to 15 fps: stride 2 at 30 fps).

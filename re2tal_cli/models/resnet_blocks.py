@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models.layers import DropPath
 from re2tal_cli.reversible.stage import ResidualStage
 
@@ -37,6 +38,7 @@ __all__ = [
     "TemporalShift",
     "conv3d",
     "freeze_batchnorm",
+    "unknown_layout",
     "with_num_batches_tracked",
 ]
 
@@ -233,3 +235,15 @@ def with_num_batches_tracked(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.
         if key.endswith(".running_mean"):
             out.setdefault(key.removesuffix("running_mean") + "num_batches_tracked", torch.tensor(0, dtype=torch.long))
     return out
+
+
+def unknown_layout(sd: Mapping[str, torch.Tensor], arch: str, family: str, first_key: str, ours: tuple[str, ...]):
+    """The error for a checkpoint in no layout the family knows (another family's, say), naming our first key and
+    the checkpoint's first key outside our top-level prefixes, without building the model: `guess_arch` tries every
+    arch on every bad checkpoint, and building each ResNet on the meta device just to reject a Swin file costs
+    seconds."""
+    foreign = next((k for k in sd if not k.startswith(ours)), next(iter(sd), "none"))
+    return BadCheckpointError(
+        f"does not fit --arch {arch}: not a {family} checkpoint in any known layout; missing keys (first: "
+        f"{first_key}); unexpected keys (first: {foreign})"
+    )

@@ -36,6 +36,7 @@ from re2tal_cli.models.resnet_blocks import (
     Stem,
     conv3d,
     freeze_batchnorm,
+    unknown_layout,
     with_num_batches_tracked,
 )
 
@@ -175,20 +176,25 @@ _PYTORCHVIDEO_BLOCK = {
     "branch2.norm_c": "bn3",
 }
 _PATHWAY = ("slow", "fast")
+_OURS = ("slow.", "fast.", "fuse.")  # our top-level prefixes (and `head.`, shared with PySlowFast)
 
 
-def convert_slowfast(sd: Mapping[str, torch.Tensor], lateral_norm: bool = True) -> ConvertedCheckpoint:
+def convert_slowfast(
+    sd: Mapping[str, torch.Tensor], lateral_norm: bool = True, arch: str = "slowfast"
+) -> ConvertedCheckpoint:
     """Map a SlowFast checkpoint in any known layout to our keys; values untouched except mmaction2's classifier,
-    whose input columns are reordered (mmaction2 concatenates fast before slow). A layout it does not recognise is
-    passed through, so the strict key check names what is missing and what is left over."""
+    whose input columns are reordered (mmaction2 concatenates fast before slow). Our own layout is passed to the
+    strict key check as is; any other layout raises, naming our first key and the checkpoint's first foreign one."""
     if any(k.startswith("s1.pathway0_stem.") for k in sd):
         out, fmt = _convert_pyslowfast(sd), "pyslowfast"
     elif any(k.startswith("blocks.0.multipathway_blocks.") for k in sd):
         out, fmt = _convert_pytorchvideo(sd), "pytorchvideo"
     elif any(k.startswith("backbone.slow_path.") for k in sd):
         out, fmt = _convert_mmaction(sd), "mmaction2"
-    else:
+    elif any(k.startswith(_OURS) for k in sd):
         return ConvertedCheckpoint(with_num_batches_tracked(sd), "re2tal")
+    else:
+        raise unknown_layout(sd, arch, "SlowFast", "slow.stem.conv1.weight", (*_OURS, "head."))
     has_lateral_norm = any(re.fullmatch(r"fuse\.\d+\.bn\.weight", k) for k in out)
     if has_lateral_norm != lateral_norm:
         kind = "with" if has_lateral_norm else "without"
@@ -274,7 +280,7 @@ def _register(name: str, cfg: SlowFastConfig, input_spec: InputSpec, description
         return SlowFast(replace(cfg, **overrides))
 
     def convert(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
-        return convert_slowfast(sd, lateral_norm=cfg.lateral_norm)
+        return convert_slowfast(sd, lateral_norm=cfg.lateral_norm, arch=name)
 
     register_arch(Arch(name, "slowfast", build, input_spec, convert, description, test_only))
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from re2tal_cli.checkpoint import build_from_state_dict
+from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models import create_model, get_arch
 from re2tal_cli.models.resnet_blocks import TemporalShift
 from re2tal_cli.reversible import Coupling, Execution
@@ -184,3 +185,14 @@ def test_feature_shapes():
     assert (r3d.temporal_stride, tsm.temporal_stride) == (8, 1)
     with pytest.raises(ValueError, match="multiple of 8"):
         r3d.feature_maps(torch.randn(1, 3, 12, 32, 32))
+
+
+def test_another_familys_checkpoint_is_rejected_without_building_the_model():
+    """A layout the family does not know fails in the converter, naming our first key and the checkpoint's first
+    foreign key (cheap: `guess_arch` tries every arch on every bad checkpoint)."""
+    foreign = {"s1.pathway0_stem.conv.weight": torch.zeros(1), "head.projection.weight": torch.zeros(1)}
+    with pytest.raises(
+        BadCheckpointError,
+        match=r"r3d-18.*missing keys \(first: stem\.conv1\.weight\); unexpected keys \(first: s1\.pathway0_stem",
+    ):
+        get_arch("r3d-18").convert(foreign)
