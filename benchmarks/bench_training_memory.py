@@ -5,11 +5,13 @@ Example (issue #2's figure: one ViT at three depths):
 Backbone families at their own depth (Re²TAL Fig. 7):
     python benchmarks/bench_training_memory.py --arch swin3d-t swin3d-s --frames 32 --size 112
 
-Each (arch, depth, wiring) runs in its own process. Activation memory is the peak during one training step (forward,
-backward, AdamW step) minus what was held just before it, with model, optimizer state and input already allocated:
-on CUDA torch.cuda.max_memory_allocated; on CPU the process's peak resident set (VmHWM, reset through
-/proc/self/clear_refs) with glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step
-time is the median of --steps further steps. Ratios are to the plain wiring of the same arch and depth.
+Each (arch, depth, wiring) runs in its own process. Activation memory ("step peak") is the peak during one training
+step (forward, backward, AdamW step) minus what was held just before it, with model, optimizer state and input
+already allocated, so it includes the parameter gradients; "held for backward" is what the forward leaves allocated
+for the backward (the stored activations). Measured on CUDA with torch.cuda.max_memory_allocated / memory_allocated;
+on CPU with the process's peak / current resident set (VmHWM reset through /proc/self/clear_refs, VmRSS) with
+glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step time is the median of
+--steps further steps. Ratios are to the plain wiring of the same arch and depth.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def worker(spec: dict) -> dict:
         stage.set_wiring(coupling, execution)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-    def step(video):
+    def step(video, after_forward=None):
         loss = model.temporal_features(video).float().square().mean()
+        if after_forward is not None:
+            after_forward()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -62,18 +66,19 @@ def worker(spec: dict) -> dict:
     # machinery, so the measured step holds only what the step itself needs.
     step(torch.randn(spec["batch"], 3, spec["frames"], 32, 32, device=device))
     video = torch.randn(spec["batch"], 3, spec["frames"], spec["size"], spec["size"], device=device)
+    held = []
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        step(video)
+        step(video, lambda: held.append(torch.cuda.memory_allocated() - before))
         torch.cuda.synchronize()
         activation = torch.cuda.max_memory_allocated() - before
     else:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak resident set to the current one
         before = _rss_bytes("VmRSS")
-        step(video)
+        step(video, lambda: held.append(_rss_bytes("VmRSS") - before))
         activation = _rss_bytes("VmHWM") - before
     times = []
     for _ in range(spec["steps"]):
@@ -83,7 +88,14 @@ def worker(spec: dict) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     params = sum(p.numel() for p in model.parameters())
-    return {**spec, "activation_bytes": activation, "step_seconds": statistics.median(times), "parameters": params}
+    seconds = statistics.median(times)
+    return {
+        **spec,
+        "activation_bytes": activation,
+        "held_bytes": held[0],
+        "step_seconds": seconds,
+        "parameters": params,
+    }
 
 
 def run_isolated(spec: dict) -> dict:
@@ -131,11 +143,12 @@ def _plain_of(row: dict, rows: list[dict]) -> dict:
 
 def _format_row(row: dict, rows: list[dict]) -> str:
     plain = _plain_of(row, rows)
-    mib = row["activation_bytes"] / 2**20
+    peak, held = row["activation_bytes"] / 2**20, row["held_bytes"] / 2**20
     return (
-        f"{row['arch']:<10} depth={row['depth'] or '-':<3} {row['wiring']:<11} activations {mib:9.1f} MiB "
-        f"({row['activation_bytes'] / plain['activation_bytes']:.3f} of plain)   step {row['step_seconds']:7.2f} s "
-        f"({row['step_seconds'] / plain['step_seconds']:.2f} of plain)"
+        f"{row['arch']:<10} depth={row['depth'] or '-':<3} {row['wiring']:<11} "
+        f"held for backward {held:8.1f} MiB ({row['held_bytes'] / plain['held_bytes']:.3f})  "
+        f"step peak {peak:8.1f} MiB ({row['activation_bytes'] / plain['activation_bytes']:.3f} of plain)  "
+        f"step {row['step_seconds']:7.2f} s ({row['step_seconds'] / plain['step_seconds']:.2f} of plain)"
     )
 
 
@@ -143,7 +156,8 @@ def _print_summary(rows: list[dict]) -> None:
     reversible = [r for r in rows if r["wiring"] == "reversible"]
     print("\nreversible activation memory relative to the first configuration:")
     for r in reversible:
-        print(f"  {r['arch']:<10} depth={r['depth'] or '-':<3} {r['activation_bytes'] / reversible[0]['activation_bytes']:.3f}")
+        ratio = r["activation_bytes"] / reversible[0]["activation_bytes"]
+        print(f"  {r['arch']:<10} depth={r['depth'] or '-':<3} {ratio:.3f}")
     print("reversible / checkpoint: ", end="")
     for r in reversible:
         ckpt = next(c for c in rows if (c["arch"], c["depth"], c["wiring"]) == (r["arch"], r["depth"], "checkpoint"))

@@ -4,7 +4,7 @@ A residual stage is a sequence of shape-keeping blocks F₁…Fₙ, originally w
 dual residual of Dr²Net (coefficients α, β), per block i and stage input a::
 
     x₀ = a,   y₀ = β·a
-    xᵢ = Fᵢ(xᵢ₋₁) + α·xᵢ₋₁ + yᵢ₋₁            (forward)
+    xᵢ = Fᵢ(xᵢ₋₁) + yᵢ₋₁ + α·xᵢ₋₁            (forward)
     yᵢ = β·xᵢ₋₁
     out = (xₙ + yₙ) / (1 + β)
     xᵢ₋₁ = yᵢ / β                            (inverse)
@@ -171,7 +171,16 @@ def _residual_step(f: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 
 def _dual_step(f: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, beta: float):
-    return f(x) + alpha * x + y, beta * x
+    """xᵢ = (Fᵢ(xᵢ₋₁) + yᵢ₋₁) + α·xᵢ₋₁,  yᵢ = β·xᵢ₋₁ — the one definition every execution computes (same order of
+    rounding). α=0 and β=1 cost no arithmetic: at Re²TAL's point yᵢ *is* xᵢ₋₁, no copy."""
+    x_next = f(x) + y  # promotes F's autocast dtype back to the streams' dtype
+    if alpha:
+        x_next = torch.add(x_next, x, alpha=alpha)
+    return x_next, _scaled(x, beta)
+
+
+def _scaled(t: torch.Tensor, c: float) -> torch.Tensor:
+    return t if c == 1.0 else t * c
 
 
 def _checkpoint(step, *args):
@@ -189,11 +198,11 @@ class _ReversibleStageFunction(torch.autograd.Function):
         ctx.stage, ctx.params = stage, params
         ctx.autocast = AutocastState.capture(a.device)
         ctx.rng = []  # one generator state per block, replayed in the recompute
-        x, y = a.detach(), beta * a.detach()
+        x, y = a.detach(), _scaled(a.detach(), beta)
         for f in stage.blocks:
             ctx.rng.append(RngState.capture(a.device) if training else None)
-            x, y = f(x) + alpha * x + y, beta * x  # xᵢ = Fᵢ(xᵢ₋₁) + α·xᵢ₋₁ + yᵢ₋₁,  yᵢ = β·xᵢ₋₁
-        out = (x + y) / (1 + beta)
+            x, y = _dual_step(f, x, y, alpha, beta)
+        out = torch.add(x, y).div_(1 + beta)
         ctx.save_for_backward(a, x, y)  # the stage input (for the guard) and the last pair (to invert from)
         return out
 
@@ -203,15 +212,14 @@ class _ReversibleStageFunction(torch.autograd.Function):
         stage: ResidualStage = ctx.stage
         a, x_n, y_n = ctx.saved_tensors
         beta = stage.coupling.beta
-        g_n = grad_out / (1 + beta)  # ∂out/∂xₙ = ∂out/∂yₙ = 1/(1+β)
-
-        grads, (x_0, y_0) = _backward_blocks(ctx, x_n, y_n, g_n, exact_inputs=None)
+        grads, (x_0, y_0) = _backward_blocks(ctx, x_n, y_n, grad_out, exact_inputs=None)
         scale = a.detach().abs().max().clamp_min(torch.finfo(a.dtype).tiny)
         error = (torch.maximum((x_0 - a).abs().max(), (y_0 - beta * a).abs().max()) / scale).item()
+        del x_0, y_0
         fell_back = not error <= stage.default_tolerance(a, ctx.autocast)  # NaN counts as too large
         if fell_back:
             del grads
-            grads, _ = _backward_blocks(ctx, x_n, y_n, g_n, exact_inputs=_exact_block_inputs(ctx, a))
+            grads, _ = _backward_blocks(ctx, x_n, y_n, grad_out, exact_inputs=_exact_block_inputs(ctx, a))
         stage.guard.record(error, fell_back)
         return (None, *grads)
 
@@ -220,49 +228,69 @@ def _exact_block_inputs(ctx, a: torch.Tensor) -> list[torch.Tensor]:
     """The fallback: recompute x₀…xₙ₋₁ forward from the kept stage input, without a graph (checkpointing's cost)."""
     stage: ResidualStage = ctx.stage
     alpha, beta = stage.coupling.alpha, stage.coupling.beta
-    xs, x, y = [], a.detach(), beta * a.detach()
+    xs, x, y = [], a.detach(), _scaled(a.detach(), beta)
     with torch.no_grad(), ctx.autocast():
         for f, rng in zip(stage.blocks, ctx.rng, strict=True):
             xs.append(x)
             with _replayed(rng), running_stats_frozen(f):
-                x, y = f(x) + alpha * x + y, beta * x
+                x, y = _dual_step(f, x, y, alpha, beta)
     return xs
 
 
-def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, exact_inputs: list[torch.Tensor] | None):
-    """Walk the blocks in reverse, from (xₙ, yₙ) with gradient g for both, and return the gradients for
-    (a, *params) and the rebuilt (x₀, y₀). With `exact_inputs` the block inputs are taken from it instead of inverted.
+def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tensor, exact_inputs: list | None):
+    """Walk the blocks in reverse from (xₙ, yₙ) and return the gradients for (a, *params) and the rebuilt (x₀, y₀).
+    With `exact_inputs` the block inputs are taken from it instead of inverted.
 
-    Gradients, from xᵢ = Fᵢ(xᵢ₋₁) + α·xᵢ₋₁ + yᵢ₋₁ and yᵢ = β·xᵢ₋₁:
+    out = (xₙ + yₙ)/(1+β) gives both streams the gradient grad_out/(1+β); every gradient is linear in it, so the
+    walk starts from grad_out itself (no stage-sized copy) and the results are scaled once at the end.
+
+    Gradients, from xᵢ = Fᵢ(xᵢ₋₁) + yᵢ₋₁ + α·xᵢ₋₁ and yᵢ = β·xᵢ₋₁:
         ∂L/∂xᵢ₋₁ = Jᵀ_F·gxᵢ + α·gxᵢ + β·gyᵢ,   ∂L/∂yᵢ₋₁ = gxᵢ,   ∂L/∂θᵢ = Jᵀ_θ·gxᵢ
     and at the stage input (x₀ = a, y₀ = β·a): ∂L/∂a = gx₀ + β·gy₀.
+
+    The working set decides the step's peak memory (NOTES.md: the transient of one block's recompute, not the stored
+    activations), so besides the recompute graph only xᵢ₋₁, yᵢ₋₁, gxᵢ, gyᵢ are alive when its gradient is taken,
+    and the gradient updates are done in place.
     """
     stage: ResidualStage = ctx.stage
     alpha, beta = stage.coupling.alpha, stage.coupling.beta
     position = {id(p): k for k, p in enumerate(ctx.params)}
     param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
-    gx, gy = g, g
+    gx, gy = grad_out, grad_out
     for i in reversed(range(len(stage.blocks))):
         f = stage.blocks[i]
-        x_prev = y / beta if exact_inputs is None else exact_inputs[i]  # xᵢ₋₁ = yᵢ / β
+        x_prev = (y if beta == 1.0 else y / beta) if exact_inputs is None else exact_inputs[i]  # xᵢ₋₁ = yᵢ / β
         block_params = [p for p in f.parameters() if id(p) in position]
         # Recompute Fᵢ with a graph, replaying the forward's random draws and precision, BatchNorm stats untouched.
         with torch.enable_grad(), _replayed(ctx.rng[i]), ctx.autocast(), running_stats_frozen(f):
             x_in = x_prev.detach().requires_grad_(True)
             fx = f(x_in)
-        grad_x_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
         if exact_inputs is None:
-            y_prev = x - fx.detach() - alpha * x_prev  # yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁
+            y_prev = x - fx.detach()  # yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁
+            if alpha:
+                y_prev.sub_(x_prev, alpha=alpha)
         else:
-            y_prev = beta * (exact_inputs[i - 1] if i > 0 else x_prev)
+            y_prev = _scaled(exact_inputs[i - 1] if i > 0 else x_prev, beta)
+        del x, y  # (xᵢ, yᵢ) are rebuilt into (xᵢ₋₁, yᵢ₋₁): drop them before the gradient's transient
+        grad_x_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
         del fx, x_in  # this block's recompute graph is dead: free it before the next block's
         for p, grad in zip(block_params, grad_params, strict=True):
             if grad is not None:
                 k = position[id(p)]
-                param_grads[k] = grad if param_grads[k] is None else param_grads[k] + grad
-        gx, gy = grad_x_in + alpha * gx + beta * gy, gx
+                param_grads[k] = grad if param_grads[k] is None else param_grads[k].add_(grad)
+        del grad_params
+        if grad_x_in.data_ptr() in (gx.data_ptr(), gy.data_ptr()):  # F passed its gradient through untouched
+            grad_x_in = grad_x_in.clone()
+        if alpha:
+            grad_x_in.add_(gx, alpha=alpha)
+        if beta:
+            grad_x_in.add_(gy, alpha=beta)
+        gx, gy = grad_x_in, gx
         x, y = x_prev, y_prev
-    grad_a = gx + beta * gy if ctx.needs_input_grad[1] else None
+    grad_a = torch.add(gx, gy, alpha=beta) if ctx.needs_input_grad[1] else None
+    for grad in (grad_a, *param_grads):
+        if grad is not None:
+            grad.div_(1 + beta)
     return [grad_a, *param_grads], (x, y)
 
 
