@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from re2tal_cli.cli import data, evaluate, extract, rewire
+from re2tal_cli.cli import data, evaluate, extract, memprofile, rewire
 from re2tal_cli.cli._errors import handle_errors
 
 app = typer.Typer(
@@ -31,7 +31,7 @@ def _root(
         raise typer.Exit()
 
 
-for command in (rewire, evaluate, extract):
+for command in (rewire, evaluate, extract, memprofile):
     app.command(name=command.NAME, help=command.main.__doc__, epilog=command.EPILOG)(handle_errors(command.main))
 
 app.add_typer(data.app, name="data")

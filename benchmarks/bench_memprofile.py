@@ -1,0 +1,83 @@
+"""memprofile acceptance: estimate vs measured peak for archs × wirings × input sizes, and the big-config timing.
+
+    .venv/bin/python benchmarks/bench_memprofile.py                       # vit-s, vit-b, swin3d-t at 16×112², 32×160²
+    .venv/bin/python benchmarks/bench_memprofile.py --archs vit-s --inputs 16x112 --device cuda
+    .venv/bin/python benchmarks/bench_memprofile.py --timing-only
+
+Every measurement runs in its own subprocess (`re2tal_cli.memory.measure`): on CPU the peak of torch's CPU allocator
+(profiler memory events), on CUDA `torch.cuda.max_memory_allocated`. The estimate models the same device's allocator
+(CPU: exact bytes; CUDA: 512-B blocks). Then the time to estimate swin3d-b (or the largest arch there is) at
+1024×224², batch 2, all three wirings, in this process (imports excluded, listed apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", default="vit-s,vit-b,swin3d-t")
+    parser.add_argument("--inputs", default="16x112,32x160", help="FRAMESxSIZE, comma-separated")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--steps", type=int, default=2, help="measured steps incl. one warm-up")
+    parser.add_argument("--timing-only", action="store_true")
+    parser.add_argument("--big-arch", default="swin3d-b")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    from re2tal_cli.memory.estimate import estimate
+    from re2tal_cli.memory.measure import measure
+    from re2tal_cli.memory.step import WIRINGS, StepConfig
+    from re2tal_cli.models import list_archs
+
+    import_seconds = time.perf_counter() - t0
+    print(f"# machine: {os.cpu_count()} CPUs, torch {__import__('torch').__version__}, python {sys.version.split()[0]}")
+
+    if not args.timing_only:
+        print("| arch | input (B×T×S²) | wiring | estimate MiB | measured MiB | rel. error | peak phase (est/meas) |")
+        print("|---|---|---|---|---|---|---|")
+        errors = []
+        for arch in args.archs.split(","):
+            for spec in args.inputs.split(","):
+                frames, size = (int(v) for v in spec.split("x"))
+                for wiring in WIRINGS:
+                    c = StepConfig(arch, frames, size, args.batch, wiring, device=args.device)
+                    e = estimate(c)
+                    m = measure(c, steps=args.steps)
+                    err = (e.total_peak - m.peak) / m.peak
+                    errors.append(abs(err))
+                    meas_phase = max(m.phases, key=m.phases.get)
+                    print(
+                        f"| {arch} | {args.batch}×{frames}×{size}² | {wiring.value} | {e.total_peak / 2**20:.1f} | "
+                        f"{m.peak / 2**20:.1f} | {100 * err:+.1f} % | {e.peak_phase} / {meas_phase} |",
+                        flush=True,
+                    )
+        print(
+            f"\nmax |error| {100 * max(errors):.1f} %, mean {100 * sum(errors) / len(errors):.1f} % over {len(errors)}"
+        )
+
+    names = {a.name for a in list_archs()}
+    big = args.big_arch if args.big_arch in names else "vit-l"
+    start, cpu = time.perf_counter(), time.process_time()
+    lines = []
+    for wiring in WIRINGS:
+        e = estimate(StepConfig(big, 1024, 224, 2, wiring))
+        lines.append(f"  {wiring.value:10s} peak {e.total_peak / 2**30:7.1f} GiB ({e.peak_phase}), {e.seconds:.1f} s")
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(
+        f"\n{big} 1024×224², batch 2, all three wirings: {wall:.1f} s wall, {cpu:.1f} s CPU "
+        f"(imports {import_seconds:.1f} s)"
+    )
+    print("\n".join(lines))
+    print(f"max RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

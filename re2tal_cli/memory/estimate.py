@@ -1,0 +1,283 @@
+"""Estimate the memory of one training step without running the model or allocating its memory.
+
+How: the model is built on the meta device, materialised as fake CPU tensors inside `FakeTensorMode` (shapes and
+dtypes, no data), and the training step of `memory/step.py` — the one `--measure` runs for real — runs twice under a
+`StorageTracker`: the first step creates optimizer state and caches, the second is the steady state we report. The
+tracker counts every storage an operator creates, rounded to the allocator's block (512 B on CUDA), by component.
+
+Why fake CPU, not meta, not fake CUDA: the meta device decomposes scaled-dot-product attention into its math path and
+would count an N×N attention matrix the fused kernels never store; fake CUDA tensors need a CUDA build. What this
+cannot see: memory a kernel allocates inside itself (cuDNN/cuBLAS workspaces, oneDNN scratch), the CUDA context, and
+the caching allocator's fragmentation (reserved − allocated). Those are what `gpus.py`'s usable memory and the
+verdict's margin are for. Under autocast the CPU autocast op lists stand in for CUDA's (they agree on the matmul-like
+ops that hold most activations).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from re2tal_cli.errors import BadInputError
+from re2tal_cli.memory import tracker as t
+from re2tal_cli.memory.step import StepConfig, build_model, check_input_shape, setup, train_step
+
+HeadFactory = Callable[[int], nn.Module]  # backbone out_channels → a localizer head (ActionFormer, with train-tal)
+
+
+@dataclass
+class PhasePeak:
+    total: int
+    components: dict[str, int]
+
+    @classmethod
+    def of(cls, snap: t.Snapshot) -> PhasePeak:
+        return cls(snap.total, snap.by_category())
+
+
+@dataclass
+class Estimate:
+    """Bytes of one steady-state training step, by component. `block`: the allocator granularity modelled."""
+
+    config: StepConfig
+    block: int
+    parameter_count: dict[str, int]  # backbone / head
+    parameters: dict[str, int]  # bytes, backbone / head
+    buffers: int
+    gradients: dict[str, int]  # backbone / head, after backward
+    optimizer_state: int
+    persistent: int  # caches kept across steps (e.g. position tables)
+    input: int
+    activations: dict[str, int]  # kept for backward at the end of the forward: backbone / head
+    stage_activations: list[int]  # of the backbone's, those made inside each residual stage
+    backward_working_set: int  # backward temporaries at the backward peak (reversible: one block's recompute + grads)
+    phases: dict[str, PhasePeak]  # forward / backward / optimizer peaks
+    peak: PhasePeak
+    peak_phase: str
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    extrapolated_from: tuple[int, int] | None = None  # (T₁, T₂) of the B=1 probes, when extrapolated
+
+    @property
+    def total_peak(self) -> int:
+        return self.peak.total
+
+    @property
+    def model_states(self) -> int:
+        """What `accelerate estimate-memory` counts: parameters, gradients, optimizer state."""
+        return sum(self.parameters.values()) + sum(self.gradients.values()) + self.optimizer_state
+
+    def to_json(self) -> dict:
+        return {
+            "config": self.config.to_json(),
+            "allocator_block_bytes": self.block,
+            "parameter_count": self.parameter_count,
+            "bytes": {
+                "parameters": self.parameters,
+                "buffers": self.buffers,
+                "gradients": self.gradients,
+                "optimizer_state": self.optimizer_state,
+                "persistent_caches": self.persistent,
+                "input": self.input,
+                "activations_kept": self.activations,
+                "activations_kept_per_stage": self.stage_activations,
+                "backward_working_set": self.backward_working_set,
+                "model_states": self.model_states,
+                "peak": self.peak.total,
+            },
+            "peak_phase": self.peak_phase,
+            "peak_components": self.peak.components,
+            "phases": {k: {"peak": v.total, "components": v.components} for k, v in self.phases.items()},
+            "seconds": round(self.seconds, 3),
+            "extrapolated_from_frames": list(self.extrapolated_from) if self.extrapolated_from else None,
+            "notes": self.notes,
+        }
+
+
+def estimate(
+    config: StepConfig, head: HeadFactory | None = None, block: int | None = None, exact: bool = False
+) -> Estimate:
+    """The memory of one training step of `config`, by component, in seconds and without allocating it.
+
+    `block`: allocator granularity; default 512 B for CUDA (its caching allocator's smallest block), exact bytes for
+    CPU. `head`: a localizer head factory, called with the backbone's channel count.
+
+    Long clips: the cost of a fake run is per operator, and some backbones loop over chunks of windows (Swin's
+    attention), so their operator count grows with B·T. Beyond `2·T₂` clip frames (B·T) the estimate runs two
+    exact probes at B=1, T₁ and T₂ = 2·T₁ and extrapolates every component linearly in B·T — memory of these
+    backbones is affine in B·T at fixed size (activations ∝ B·T; model states and per-chunk scratch constant);
+    `exact=True` runs the full configuration instead.
+    """
+    start = time.perf_counter()
+    with torch.device("meta"):
+        probe_model, _ = build_model(config)
+    check_input_shape(config, probe_model)
+    t1 = math.lcm(probe_model.min_frames, PROBE_FRAMES)
+    t2 = 2 * t1
+    if exact or config.batch * config.frames <= 2 * t2:
+        result = _estimate_exact(config, head, block)
+    else:
+        e1 = _estimate_exact(replace(config, batch=1, frames=t1), head, block)
+        e2 = _estimate_exact(replace(config, batch=1, frames=t2), head, block)
+        result = _extrapolate(config, e1, e2, t1, t2)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+PROBE_FRAMES = 16  # T₁ of the probes (rounded up to the backbone's frame multiple); T₂ = 2·T₁
+
+
+def _extrapolate(config: StepConfig, e1: Estimate, e2: Estimate, x1: int, x2: int) -> Estimate:
+    x = config.batch * config.frames
+
+    def line(a, b):
+        if isinstance(a, dict):
+            return {k: line(a.get(k, 0), b.get(k, 0)) for k in a.keys() | b.keys()}
+        if isinstance(a, list):
+            return [line(u, v) for u, v in zip(a, b, strict=True)]
+        return max(0, round(a + (b - a) * (x - x1) / (x2 - x1)))
+
+    phases = {
+        k: PhasePeak(
+            line(e1.phases[k].total, e2.phases[k].total), line(e1.phases[k].components, e2.phases[k].components)
+        )
+        for k in e1.phases
+    }
+    peak_phase = max(phases, key=lambda k: phases[k].total)
+    return Estimate(
+        config=config,
+        block=e1.block,
+        parameter_count=e1.parameter_count,
+        parameters=e1.parameters,
+        buffers=e1.buffers,
+        gradients=e1.gradients,
+        optimizer_state=e1.optimizer_state,
+        persistent=line(e1.persistent, e2.persistent),
+        input=line(e1.input, e2.input),
+        activations=line(e1.activations, e2.activations),
+        stage_activations=line(e1.stage_activations, e2.stage_activations),
+        backward_working_set=line(e1.backward_working_set, e2.backward_working_set),
+        phases=phases,
+        peak=phases[peak_phase],
+        peak_phase=peak_phase,
+        notes=[f"extrapolated linearly in clip frames B·T from exact estimates at B=1, T={x1} and T={x2}"],
+        extrapolated_from=(x1, x2),
+    )
+
+
+def _estimate_exact(config: StepConfig, head: HeadFactory | None, block: int | None) -> Estimate:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    start = time.perf_counter()
+    block = block if block is not None else (512 if config.device == "cuda" else 1)
+    with torch.device("meta"):
+        backbone, _ = build_model(config)
+        head_module = head(backbone.out_channels) if head is not None else None
+    owners = {"backbone": backbone} | ({"head": head_module} if head_module is not None else {})
+    stages = backbone.residual_stages()
+
+    with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
+        # The reversible backward compares data pointers to spot a pass-through gradient; fake tensors warn there.
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+        for module in owners.values():
+            module.to_empty(device="cpu")
+            module.train()
+        s = setup(config, backbone, head_module)
+        tracker = t.StorageTracker(block, t.cpu_kernel_workspace if config.device == "cpu" else None)
+        for owner, module in owners.items():
+            for p in module.parameters():
+                tracker.track(p, t.PARAMETERS, owner)
+                p.register_post_accumulate_grad_hook(_grad_hook(tracker, owner))
+            for b in module.buffers():
+                tracker.track(b, t.BUFFERS, owner)
+        handles = [h for i, stage in enumerate(stages) for h in _stage_scope_hooks(tracker, stage, f"stage{i}")]
+        try:
+            with tracker:
+                # Warm-up: the optimizer creates its state at its first step. Only the optimizer runs (on zero
+                # gradients): a full warm-up step would double the cost and change nothing the second step sees
+                # but caches a forward keeps (e.g. a position table), which the second step then counts as made.
+                params = [p for p in s.optimizer.param_groups[0]["params"]]
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+                s.optimizer.step()
+                s.optimizer.zero_grad(set_to_none=True)
+                for p, state in s.optimizer.state.items():
+                    owner = "backbone" if any(p is q for q in backbone.parameters()) else "head"
+                    for value in state.values():
+                        if isinstance(value, torch.Tensor):
+                            tracker.track(value, t.OPTIMIZER_STATE, owner)
+                for category in (t.ACTIVATIONS, t.BACKWARD_TEMPORARIES, t.OPTIMIZER_TEMPORARIES, t.PERSISTENT):
+                    tracker.retag(category, t.PERSISTENT)
+                tracker.reset_peaks()
+                try:
+                    train_step(s, "cpu", tracker)  # the steady state we report
+                except (RuntimeError, ValueError) as error:
+                    raise _shape_error(config, error) from error
+        finally:
+            for h in handles:
+                h.remove()
+    return _report(config, block, tracker, owners, len(stages), time.perf_counter() - start)
+
+
+def _report(config, block, tracker: t.StorageTracker, owners: dict[str, nn.Module], n_stages: int, seconds: float):
+    fwd_end = tracker.at_phase_start["backward"]  # live at the end of the forward: what backward will read
+    bwd_end = tracker.at_phase_start["optimizer"]
+    bwd_peak = tracker.phase_peaks["backward"]
+    names = list(owners)
+    phases = {k: PhasePeak.of(v) for k, v in tracker.phase_peaks.items() if k in ("forward", "backward", "optimizer")}
+    peak_phase = max(phases, key=lambda k: phases[k].total)
+    return Estimate(
+        config=config,
+        block=block,
+        parameter_count={k: sum(p.numel() for p in m.parameters()) for k, m in owners.items()},
+        parameters={k: fwd_end.get(t.PARAMETERS, k) for k in names},
+        buffers=fwd_end.get(t.BUFFERS),
+        gradients={k: bwd_end.get(t.GRADIENTS, k) for k in names},
+        optimizer_state=fwd_end.get(t.OPTIMIZER_STATE),
+        persistent=fwd_end.get(t.PERSISTENT),
+        input=fwd_end.get(t.INPUT),
+        activations={k: fwd_end.get(t.ACTIVATIONS, k) for k in names},
+        stage_activations=[fwd_end.get(t.ACTIVATIONS, f"backbone/stage{i}") for i in range(n_stages)],
+        backward_working_set=bwd_peak.get(t.BACKWARD_TEMPORARIES),
+        phases=phases,
+        peak=phases[peak_phase],
+        peak_phase=peak_phase,
+        seconds=seconds,
+    )
+
+
+def _grad_hook(tracker: t.StorageTracker, owner: str):
+    def hook(p: torch.Tensor) -> None:
+        if p.grad is not None:
+            tracker.track(p.grad, t.GRADIENTS, owner)
+
+    return hook
+
+
+def _stage_scope_hooks(tracker: t.StorageTracker, stage: nn.Module, name: str):
+    """Activations made inside a residual stage's forward are owned by `backbone/stageN`."""
+    contexts = []
+
+    def enter(module, args):
+        cm = tracker.scope(name)
+        cm.__enter__()
+        contexts.append(cm)
+
+    def leave(module, args, output):
+        contexts.pop().__exit__(None, None, None)
+
+    return [stage.register_forward_pre_hook(enter), stage.register_forward_hook(leave)]
+
+
+def _shape_error(config: StepConfig, error: Exception) -> Exception:
+    """A shape that the backbone cannot take is the user's input; anything else is a bug and keeps its traceback."""
+    text = str(error)
+    if any(k in text for k in ("shape", "size", "multiple", "Kernel size", "invalid", "dimension")):
+        return BadInputError(f"{config.arch} cannot take a {config.frames}×{config.size}² clip: {text.splitlines()[0]}")
+    return error

@@ -1,0 +1,108 @@
+"""Series of estimates (memory vs depth, frames or size, one line per wiring — the shape of Re²TAL's Fig. 7), and the
+largest frame count or batch that fits a GPU."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from re2tal_cli.errors import BadInputError
+from re2tal_cli.memory.estimate import Estimate, HeadFactory, _estimate_exact, estimate
+from re2tal_cli.memory.gpus import FRAGMENTATION, Gpu
+from re2tal_cli.memory.step import StepConfig, WiringName, build_model
+from re2tal_cli.models import get_arch, list_archs
+
+
+class SweepAxis(enum.StrEnum):
+    DEPTH = "depth"  # the archs of --arch's family, smallest to largest
+    FRAMES = "frames"  # halvings of --frames
+    SIZE = "size"  # multiples of 32 up to --size
+
+
+@dataclass
+class Series:
+    axis: SweepAxis
+    points: list[str]  # x labels
+    values: list[int | float]  # x values (parameter count for depth)
+    estimates: dict[str, list[Estimate]]  # wiring → one estimate per point
+
+    def to_json(self) -> dict:
+        return {
+            "axis": self.axis.value,
+            "points": self.points,
+            "x": self.values,
+            "peak_bytes": {w: [e.total_peak for e in es] for w, es in self.estimates.items()},
+            "estimates": {w: [e.to_json() for e in es] for w, es in self.estimates.items()},
+        }
+
+
+def sweep_points(config: StepConfig, axis: SweepAxis) -> list[tuple[str, float, StepConfig]]:
+    axis = SweepAxis(axis)
+    if axis is SweepAxis.DEPTH:
+        family = get_arch(config.arch).family
+        seen, points = set(), []
+        for arch in list_archs(include_test=False):
+            if arch.family != family:
+                continue
+            with torch.device("meta"):
+                n = sum(p.numel() for p in arch.create(num_classes=0).parameters())
+            if n not in seen:  # the same network under another checkpoint layout
+                seen.add(n)
+                points.append((arch.name, float(n), replace(config, arch=arch.name)))
+        return sorted(points, key=lambda p: p[1])
+    if axis is SweepAxis.FRAMES:
+        with torch.device("meta"):
+            m = build_model(config)[0].min_frames
+        frames, t = [], config.frames
+        while t >= m and t % m == 0 and len(frames) < 6:
+            frames.insert(0, t)
+            t //= 2
+        return [(str(t), float(t), replace(config, frames=t)) for t in frames]
+    sizes = sorted({s for s in range(96, config.size + 1, 32)} | {config.size})[-6:]
+    return [(f"{s}²", float(s), replace(config, size=s)) for s in sizes]
+
+
+def sweep(config: StepConfig, axis: SweepAxis, wirings: list[WiringName], head: HeadFactory | None = None) -> Series:
+    points = sweep_points(config, axis)
+    estimates = {w.value: [estimate(replace(c, wiring=w), head) for _, _, c in points] for w in wirings}
+    return Series(SweepAxis(axis), [p[0] for p in points], [p[1] for p in points], estimates)
+
+
+def max_fitting(
+    config: StepConfig, gpu: Gpu, what: str, head: HeadFactory | None = None
+) -> tuple[int, Estimate | None]:
+    """The largest frame count (a multiple of the backbone's) or batch whose estimated peak keeps the fragmentation
+    margin below the GPU's usable memory; (0, None) when not even the smallest fits.
+
+    Memory is affine in clip frames B·T (see `estimate`): two B=1 probes give each phase's line, the line gives the
+    candidate, and an estimate at the candidate confirms it (stepping down while it does not fit)."""
+    if what not in ("frames", "batch"):
+        raise BadInputError(f"--max must be frames or batch, got {what!r}")
+    limit = gpu.usable_bytes * (1 - FRAGMENTATION)
+    with torch.device("meta"):
+        m = build_model(config)[0].min_frames
+    t1 = math.lcm(m, 16)
+    e1 = _estimate_exact(replace(config, batch=1, frames=t1), head, None)
+    e2 = _estimate_exact(replace(config, batch=1, frames=2 * t1), head, None)
+    x_max = math.inf
+    for phase in e1.phases:
+        a, b = e1.phases[phase].total, e2.phases[phase].total
+        slope = (b - a) / t1
+        if slope > 0:
+            x_max = min(x_max, t1 + (limit - a) / slope)
+        elif a > limit:
+            return 0, None
+    if x_max == math.inf:
+        raise BadInputError("memory does not grow with the clip: no largest frame count or batch")
+    unit = m if what == "frames" else 1
+    per = config.batch if what == "frames" else config.frames
+    n = max(0, int(x_max // per) // unit * unit)
+    while n > 0:
+        e = estimate(replace(config, **{what: n}), head)
+        if e.total_peak <= limit:
+            return n, e
+        n -= unit * max(1, n // (20 * unit))  # step down ~5 % at a time
+    return 0, None

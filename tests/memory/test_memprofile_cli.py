@@ -1,0 +1,82 @@
+"""`re2tal memprofile` through Typer's runner: JSON output, GPU verdicts, and bad input → one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from re2tal_cli.cli.app import app
+from re2tal_cli.memory.gpus import GPUS, get_gpu, verdict
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, ["memprofile", *args])
+
+
+def test_json_has_every_component_and_a_verdict():
+    result = _run("--arch", "vit-tiny", "--frames", "8", "--size", "32", "--gpu", "gtx-1080-ti", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [r["wiring"] for r in data["wirings"]] == ["plain", "checkpoint", "reversible"]
+    for row in data["wirings"]:
+        b = row["estimate"]["bytes"]
+        for key in ("parameters", "gradients", "optimizer_state", "input", "activations_kept", "peak"):
+            assert key in b
+        assert row["gpu"]["verdict"] == "fits"
+
+
+def test_table_renders():
+    result = _run("--arch", "vit-tiny", "--frames", "4", "--size", "32", "--wiring", "reversible", "--gpu-mem", "1")
+    assert result.exit_code == 0, result.output
+    assert "peak" in result.output and "fits" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "vit-nope"], "unknown architecture 'vit-nope'"),
+        (["--arch", "vit-tiny", "--gpu", "a100-41gb"], "unknown GPU 'a100-41gb'; did you mean"),
+        (["--arch", "vit-tiny", "--frames", "5"], "not a multiple of 2"),
+        (["--arch", "vit-tiny", "--frames", "-4"], "--frames must be a positive integer"),
+        (["--arch", "vit-tiny", "--batch", "0"], "--batch must be a positive integer"),
+        (["--arch", "vit-tiny", "--gpu-mem", "-3"], "--gpu-mem must be a positive number"),
+        (["--arch", "vit-tiny", "--wiring", "revers"], "--wiring must be"),
+        (["--arch", "vit-tiny", "--amp", "fp8"], "--amp must be one of"),
+        (["--arch", "vit-tiny", "--max", "frames"], "--max needs a GPU"),
+        (["--arch", "vit-tiny", "--gpu", "h100", "--gpu-mem", "3"], "not both"),
+        (["--arch", "vit-tiny", "--plot", "x.png"], "--plot draws a --sweep"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, message):
+    result = _run(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_catalogue_and_verdicts():
+    assert get_gpu("A100_40GB") is GPUS["a100-40gb"] and get_gpu("4090") is GPUS["rtx-4090"]
+    g = GPUS["rtx-3090"]
+    assert g.usable_bytes < 24 * 2**30  # the CUDA context comes off the nominal size
+    assert verdict(g.usable_bytes + 1, g).label == "does not fit"
+    assert verdict(g.usable_bytes - 1, g).label == "tight"
+    assert verdict(g.usable_bytes // 2, g).label == "fits"
+
+
+def test_max_frames_fits_and_the_next_step_does_not():
+    from re2tal_cli.memory.estimate import estimate
+    from re2tal_cli.memory.gpus import FRAGMENTATION, custom_gpu
+    from re2tal_cli.memory.step import StepConfig
+    from re2tal_cli.memory.sweep import max_fitting
+
+    gpu = custom_gpu(0.05)
+    c = StepConfig("vit-tiny", 8, 64, 1, "plain", device="cpu")
+    n, e = max_fitting(c, gpu, "frames")
+    limit = gpu.usable_bytes * (1 - FRAGMENTATION)
+    assert n > 0 and e.total_peak <= limit
+    from dataclasses import replace
+
+    assert estimate(replace(c, frames=n + 8)).total_peak > limit * 0.97

@@ -1,0 +1,84 @@
+"""memprofile's estimate: component arithmetic on tiny models, the ordering of the wirings, estimate vs a real run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from re2tal_cli.memory.estimate import estimate
+from re2tal_cli.memory.measure import measure
+from re2tal_cli.memory.step import StepConfig
+from re2tal_cli.models import get_arch
+
+
+def _numel(arch: str) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in get_arch(arch).create(num_classes=0).parameters())
+
+
+@pytest.fixture(scope="module")
+def tiny_cpu():
+    return {
+        w: estimate(StepConfig("vit-tiny", 8, 64, 2, w, device="cpu")) for w in ("plain", "checkpoint", "reversible")
+    }
+
+
+def test_model_state_arithmetic(tiny_cpu):
+    n = _numel("vit-tiny")
+    for e in tiny_cpu.values():
+        assert e.parameter_count["backbone"] == n
+        assert e.parameters["backbone"] == 4 * n  # fp32
+        assert e.gradients["backbone"] == 4 * n  # one fp32 gradient per parameter after backward
+        assert 2 * 4 * n <= e.optimizer_state <= 2 * 4 * n + 8 * 64  # AdamW: two moments (+ a scalar step each)
+        assert e.input == 2 * 3 * 8 * 64 * 64 * 4
+        assert e.model_states == e.parameters["backbone"] + e.gradients["backbone"] + e.optimizer_state
+
+
+def test_sgd_has_one_state_and_cuda_rounds_to_blocks():
+    n = _numel("vit-tiny")
+    sgd = estimate(StepConfig("vit-tiny", 8, 64, 1, "plain", optimizer="sgd", device="cpu"))
+    assert sgd.optimizer_state == 4 * n  # momentum buffer
+    cuda = estimate(StepConfig("vit-tiny", 8, 64, 1, "plain", optimizer="sgd", device="cuda"))
+    assert cuda.parameters["backbone"] % 512 == 0 and cuda.parameters["backbone"] >= 4 * n
+
+
+def test_peak_is_at_least_what_is_live(tiny_cpu):
+    for e in tiny_cpu.values():
+        assert e.total_peak == max(p.total for p in e.phases.values())
+        assert e.phases["forward"].total >= e.model_states - sum(e.gradients.values()) + e.input
+
+
+def test_wirings_order_activations_on_a_deep_vit():
+    # vit-s is 24 residual blocks deep; fake tensors make it cost nothing to estimate.
+    e = {w: estimate(StepConfig("vit-s", 16, 112, 2, w, device="cpu")) for w in ("plain", "checkpoint", "reversible")}
+    kept = {w: x.activations["backbone"] for w, x in e.items()}
+    assert kept["reversible"] < kept["checkpoint"] < kept["plain"]
+    stages = {w: sum(x.stage_activations) for w, x in e.items()}
+    assert stages["reversible"] < stages["checkpoint"] / 5  # stage boundaries only, flat in depth
+    assert e["reversible"].total_peak < e["plain"].total_peak
+
+
+def test_reversible_stage_keeps_its_boundaries_only():
+    # Tokens of one stage: (B, N, dim) fp32; the reversible Function keeps its input and the last (x, y) pair.
+    e = estimate(StepConfig("vit-tiny", 8, 64, 2, "reversible", drop_path=0.0, device="cpu"))
+    tokens = 2 * (8 // 2) * (64 // 16) ** 2 * 32 * 4
+    assert e.stage_activations[0] <= 4 * tokens
+
+
+def test_long_clips_are_extrapolated_close_to_exact():
+    c = StepConfig("vit-tiny", 128, 64, 2, "plain", device="cpu")
+    fast, exact = estimate(c), estimate(c, exact=True)
+    assert fast.extrapolated_from is not None and exact.extrapolated_from is None
+    assert fast.total_peak == pytest.approx(exact.total_peak, rel=0.05)
+
+
+def test_estimate_matches_a_measured_cpu_run():
+    # The forward and optimizer peaks are exact bookkeeping of storages and must agree closely. The backward peak
+    # of a tiny ViT is set by the patch-embedding convolution's backward, whose oneDNN scratch (0.5–2.3× the input,
+    # depending on the algorithm oneDNN picks) is modelled, not known: a wider tolerance there, and docs/benchmarks.md
+    # for real sizes, where it is a small term.
+    c = StepConfig("vit-tiny", 8, 64, 2, "plain", device="cpu")
+    e, m = estimate(c), measure(c)
+    assert e.phases["forward"].total == pytest.approx(m.phases["forward"], rel=0.02)
+    assert e.phases["optimizer"].total == pytest.approx(m.phases["optimizer"], rel=0.02)
+    assert e.total_peak == pytest.approx(m.peak, rel=0.35)
