@@ -134,3 +134,32 @@ def test_frame_folder(tmp_path):
     assert np.array_equal(source.read([3, 3, 0]), np.stack([frame_image(3), frame_image(3), frame_image(0)]))
     with pytest.raises(BadDataError, match="no .jpg"):
         video.FrameFolder(tmp_path)
+
+
+def test_variable_frame_rate(tmp_path):
+    """Timestamps come from the stream: irregular frame times survive, and seeking still returns the same bits."""
+    from fractions import Fraction
+
+    import av
+
+    from re2tal_cli.data.sampling import fps_indices
+    from tests.data.conftest import frame_image
+
+    times_ms = np.cumsum([0] + [40, 40, 120, 40, 200, 40, 40, 80] * 8)[:60]  # gaps of 40–200 ms
+    path = tmp_path / "vfr.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"g": "10", "bf": "2"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(frame_image(i), format="rgb24")
+            frame.pts, frame.time_base = int(t), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    index = video.probe(path)
+    assert index.num_frames == 60
+    np.testing.assert_allclose(index.times, times_ms / 1000.0, atol=1e-6)
+    frames, _ = video.decode_all(path)
+    idx = fps_indices(index.times, fps=2.0)  # one frame per half second, on the real timestamps
+    assert np.all(np.abs(index.times[idx] - np.arange(len(idx)) * 0.5) <= 0.1)
+    assert np.array_equal(video.read_frames(path, idx, index=index, strategy="seek"), frames[idx])
