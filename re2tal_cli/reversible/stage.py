@@ -274,12 +274,16 @@ def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tens
         del x, y  # (xᵢ, yᵢ) are rebuilt into (xᵢ₋₁, yᵢ₋₁): drop them before the gradient's transient
         grad_x_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
         del fx, x_in  # this block's recompute graph is dead: free it before the next block's
+        incoming = (gx.data_ptr(), gy.data_ptr())  # later updated in place: never alias what F passed through
         for p, grad in zip(block_params, grad_params, strict=True):
             if grad is not None:
                 k = position[id(p)]
+                grad = grad.clone() if grad.data_ptr() in incoming else grad
                 param_grads[k] = grad if param_grads[k] is None else param_grads[k].add_(grad)
         del grad_params
-        if grad_x_in.data_ptr() in (gx.data_ptr(), gy.data_ptr()):  # F passed its gradient through untouched
+        if grad_x_in is None:  # F ignores its input
+            grad_x_in = torch.zeros_like(gx)
+        elif grad_x_in.data_ptr() in incoming:
             grad_x_in = grad_x_in.clone()
         if alpha:
             grad_x_in.add_(gx, alpha=alpha)

@@ -293,3 +293,22 @@ def test_cuda_autocast_and_rng_replay(dtype):
     assert net.stage.guard.fallbacks == 0
     for a, b in zip(grads[Execution.REVERSIBLE], grads[Execution.AUTOGRAD], strict=True):
         assert (a - b).abs().max() <= 0.05 * b.abs().max() + 1e-4
+
+
+class PassThroughBlock(nn.Module):
+    """F whose gradients are the incoming gradient itself (a full-shape additive parameter): aliasing trap."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.offset = nn.Parameter(torch.randn(shape, dtype=torch.float64))
+
+    def forward(self, x):
+        return x.detach() * 0 + self.offset
+
+
+def test_gradients_that_alias_the_incoming_gradient_are_not_corrupted():
+    net = Net([PassThroughBlock((2, 5, 8)), MlpBlock(8).double(), PassThroughBlock((2, 5, 8))])
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    _, ref = grads_of(net, x, Coupling(0.3, 0.7), Execution.AUTOGRAD)
+    _, rev = grads_of(net, x, Coupling(0.3, 0.7), Execution.REVERSIBLE)
+    assert gradient_error_level(rev, ref) < 1e-10
