@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from re2tal_cli.errors import Re2talError
+from re2tal_cli.fileio import atomic_path
 
 if TYPE_CHECKING:
     from re2tal_cli.evaluate import EvaluationResult
@@ -45,13 +44,6 @@ def plot_breakdown(result: EvaluationResult, path: str | Path) -> Path:
         ax.set_axisbelow(True)
     fig.suptitle(f"{result.protocol}, subset {result.subset} (bin: #instances)", fontsize=10)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
