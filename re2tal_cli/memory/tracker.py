@@ -136,9 +136,8 @@ class StorageTracker(TorchDispatchMode, Observer):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default and _is_fake(args[0]):
-            # `.item()` on a fake tensor has no value. Its readers here: the reversible backward's reconstruction
-            # error (a tiny value takes the normal, no-fallback path a healthy step takes) and the optimizer's step
-            # count (divided by: must not be 0).
+            # `.item()` on a fake tensor has no value. Its reader here is the optimizer's step count (divided by:
+            # must not be 0); the reversible backward skips its numerical check on fake tensors.
             return False if args[0].dtype is torch.bool else (1e-12 if args[0].is_floating_point() else 1)
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.utils.checkpoint
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
 
@@ -213,6 +214,8 @@ class _ReversibleStageFunction(torch.autograd.Function):
         a, x_n, y_n = ctx.saved_tensors
         beta = stage.coupling.beta
         grads, (x_0, y_0) = _backward_blocks(ctx, x_n, y_n, grad_out, exact_inputs=None)
+        if is_fake(a):  # shape-only run (memory estimation): there are no numbers to check
+            return (None, *grads)
         scale = a.detach().abs().max().clamp_min(torch.finfo(a.dtype).tiny)
         error = (torch.maximum((x_0 - a).abs().max(), (y_0 - beta * a).abs().max()) / scale).item()
         del x_0, y_0
@@ -274,17 +277,13 @@ def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tens
         del x, y  # (xᵢ, yᵢ) are rebuilt into (xᵢ₋₁, yᵢ₋₁): drop them before the gradient's transient
         grad_x_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
         del fx, x_in  # this block's recompute graph is dead: free it before the next block's
-        incoming = (gx.data_ptr(), gy.data_ptr())  # later updated in place: never alias what F passed through
         for p, grad in zip(block_params, grad_params, strict=True):
             if grad is not None:
                 k = position[id(p)]
-                grad = grad.clone() if grad.data_ptr() in incoming else grad
+                grad = _owned(grad, gx, gy)
                 param_grads[k] = grad if param_grads[k] is None else param_grads[k].add_(grad)
         del grad_params
-        if grad_x_in is None:  # F ignores its input
-            grad_x_in = torch.zeros_like(gx)
-        elif grad_x_in.data_ptr() in incoming:
-            grad_x_in = grad_x_in.clone()
+        grad_x_in = torch.zeros_like(gx) if grad_x_in is None else _owned(grad_x_in, gx, gy)  # None: F ignores x
         if alpha:
             grad_x_in.add_(gx, alpha=alpha)
         if beta:
@@ -296,6 +295,12 @@ def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tens
         if grad is not None:
             grad.div_(1 + beta)
     return [grad_a, *param_grads], (x, y)
+
+
+def _owned(grad: torch.Tensor, *incoming: torch.Tensor) -> torch.Tensor:
+    """`grad`, or a copy when it shares memory with an incoming gradient (F passed it through), since the walk
+    updates its gradients in place."""
+    return grad.clone() if any(torch._C._is_alias_of(grad, g) for g in incoming) else grad
 
 
 def _replayed(rng: RngState | None) -> contextlib.AbstractContextManager:
