@@ -204,25 +204,27 @@ class _ReversibleStageFunction(torch.autograd.Function):
             ctx.rng.append(RngState.capture(a.device) if training else None)
             x, y = _dual_step(f, x, y, alpha, beta)
         out = torch.add(x, y).div_(1 + beta)
-        ctx.save_for_backward(a, x, y)  # the stage input (for the guard) and the last pair (to invert from)
+        ctx.save_for_backward(a)  # the stage input: the guard's reference and the fallback's starting point
+        # The last pair is dead once the first block is inverted (the fallback starts from `a`), so it is held where
+        # the backward can drop it early rather than in save_for_backward, which keeps it to the end of the backward:
+        # two stage-sized tensors off the step's peak, at the price of saved-tensor hooks not seeing them.
+        ctx.last_pair = [x, y]
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         stage: ResidualStage = ctx.stage
-        a, x_n, y_n = ctx.saved_tensors
-        beta = stage.coupling.beta
-        grads, (x_0, y_0) = _backward_blocks(ctx, x_n, y_n, grad_out, exact_inputs=None)
+        (a,) = ctx.saved_tensors
+        last_pair, ctx.last_pair = ctx.last_pair, None
+        grads, error = _backward_blocks(ctx, last_pair, grad_out, exact_inputs=None, kept_input=a)
         if is_fake(a):  # shape-only run (memory estimation): there are no numbers to check
             return (None, *grads)
-        scale = a.detach().abs().max().clamp_min(torch.finfo(a.dtype).tiny)
-        error = (torch.maximum((x_0 - a).abs().max(), (y_0 - beta * a).abs().max()) / scale).item()
-        del x_0, y_0
+        error = error.item()
         fell_back = not error <= stage.default_tolerance(a, ctx.autocast)  # NaN counts as too large
         if fell_back:
             del grads
-            grads, _ = _backward_blocks(ctx, x_n, y_n, grad_out, exact_inputs=_exact_block_inputs(ctx, a))
+            grads, _ = _backward_blocks(ctx, None, grad_out, exact_inputs=_exact_block_inputs(ctx, a))
         stage.guard.record(error, fell_back)
         return (None, *grads)
 
@@ -240,9 +242,13 @@ def _exact_block_inputs(ctx, a: torch.Tensor) -> list[torch.Tensor]:
     return xs
 
 
-def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tensor, exact_inputs: list | None):
-    """Walk the blocks in reverse from (xₙ, yₙ) and return the gradients for (a, *params) and the rebuilt (x₀, y₀).
-    With `exact_inputs` the block inputs are taken from it instead of inverted.
+def _backward_blocks(
+    ctx, last_pair: list | None, grad_out: torch.Tensor, exact_inputs: list | None, kept_input: torch.Tensor = None
+):
+    """Walk the blocks in reverse from `last_pair` = [xₙ, yₙ] (emptied here, so the pair is freed as soon as it is
+    inverted) and return the gradients for (a, *params) and the reconstruction error: max |rebuilt − kept| of
+    (x₀, y₀) against (a, β·a), relative to max|a|, as a 0-d tensor (None with `exact_inputs`, which supplies the
+    block inputs instead of inverting; `last_pair` is then not needed).
 
     out = (xₙ + yₙ)/(1+β) gives both streams the gradient grad_out/(1+β); every gradient is linear in it, so the
     walk starts from grad_out itself (no stage-sized copy) and the results are scaled once at the end.
@@ -259,6 +265,9 @@ def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tens
     alpha, beta = stage.coupling.alpha, stage.coupling.beta
     position = {id(p): k for k, p in enumerate(ctx.params)}
     param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
+    x, y = last_pair if last_pair is not None else (None, None)
+    if last_pair is not None:
+        last_pair.clear()
     gx, gy = grad_out, grad_out
     for i in reversed(range(len(stage.blocks))):
         f = stage.blocks[i]
@@ -275,6 +284,9 @@ def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tens
         else:
             y_prev = _scaled(exact_inputs[i - 1] if i > 0 else x_prev, beta)
         del x, y  # (xᵢ, yᵢ) are rebuilt into (xᵢ₋₁, yᵢ₋₁): drop them before the gradient's transient
+        if i == 0 and exact_inputs is None:  # y₀ is needed only for the guard: compare it now and drop it
+            error = _reconstruction_error(x_prev, y_prev, kept_input, beta)
+            y_prev = None
         grad_x_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
         del fx, x_in  # this block's recompute graph is dead: free it before the next block's
         for p, grad in zip(block_params, grad_params, strict=True):
@@ -289,12 +301,17 @@ def _backward_blocks(ctx, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tens
         if beta:
             grad_x_in.add_(gy, alpha=beta)
         gx, gy = grad_x_in, gx
-        x, y = x_prev, y_prev
+        x, y = x_prev, y_prev  # noqa: F841  (read at the next iteration; ruff misreads the `del` above)
     grad_a = torch.add(gx, gy, alpha=beta) if ctx.needs_input_grad[1] else None
     for grad in (grad_a, *param_grads):
         if grad is not None:
             grad.div_(1 + beta)
-    return [grad_a, *param_grads], (x, y)
+    return [grad_a, *param_grads], (error if exact_inputs is None else None)
+
+
+def _reconstruction_error(x_0: torch.Tensor, y_0: torch.Tensor, a: torch.Tensor, beta: float) -> torch.Tensor:
+    scale = a.detach().abs().max().clamp_min(torch.finfo(a.dtype).tiny)
+    return torch.maximum((x_0 - a).abs().max(), (y_0 - beta * a).abs().max()) / scale
 
 
 def _owned(grad: torch.Tensor, *incoming: torch.Tensor) -> torch.Tensor:
