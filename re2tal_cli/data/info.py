@@ -17,14 +17,9 @@ import numpy as np
 
 from re2tal_cli.data.datasets import find_media, load_annotations
 from re2tal_cli.errors import BadDataError
+from re2tal_cli.evaluate.breakdown import ANET_LENGTH_BINS, THUMOS_LENGTH_BINS  # one definition, shared
 
 __all__ = ["dataset_info", "length_bins"]
-
-try:  # one definition of the bins, shared with the evaluator's breakdown
-    from re2tal_cli.evaluate.breakdown import ANET_LENGTH_BINS, THUMOS_LENGTH_BINS
-except ImportError:  # pragma: no cover - the evaluator is part of the package; kept importable on its own
-    ANET_LENGTH_BINS = (("XS", 30.0), ("S", 60.0), ("M", 120.0), ("L", 180.0), ("XL", float("inf")))
-    THUMOS_LENGTH_BINS = (("XS", 3.0), ("S", 6.0), ("M", 12.0), ("L", 18.0), ("XL", float("inf")))
 
 BIN_SCHEMES = {"thumos": THUMOS_LENGTH_BINS, "anet": ANET_LENGTH_BINS}
 
