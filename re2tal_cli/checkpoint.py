@@ -7,6 +7,7 @@ later command rebuilds the model from the files alone.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -110,19 +111,31 @@ def _check_keys(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
 
 
 def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Architectures whose keys and shapes match the checkpoint exactly (built on the meta device: no memory)."""
+    """Architectures whose keys and shapes match the checkpoint exactly. Each family's converter runs once (it
+    rejects foreign layouts at once); each candidate's expected shapes are computed once per process, on meta."""
     matches = []
+    converted_by_family: dict[object, ConvertedCheckpoint | None] = {}
     for arch in list_archs():
-        try:
-            sd = arch.convert(state_dict).state_dict
-            num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-            with torch.device("meta"):
-                expected = arch.create(num_classes=num_classes).state_dict()
-        except Exception:  # a family that does not recognise the layout at all
+        if arch.convert not in converted_by_family:
+            try:
+                converted_by_family[arch.convert] = arch.convert(state_dict)
+            except Exception:  # any converter failure means "not this family": a hint must never crash the error
+                converted_by_family[arch.convert] = None
+        converted = converted_by_family[arch.convert]
+        if converted is None:
             continue
-        if expected.keys() == sd.keys() and all(tuple(sd[k].shape) == tuple(v.shape) for k, v in expected.items()):
+        sd = converted.state_dict
+        num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+        if _expected_shapes(arch.name, num_classes) == {k: tuple(v.shape) for k, v in sd.items()}:
             matches.append(arch.name)
     return matches
+
+
+@functools.cache
+def _expected_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = get_arch(arch).create(num_classes=num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _likely_arch_hint(state_dict: Mapping[str, torch.Tensor], tried: str) -> str:
