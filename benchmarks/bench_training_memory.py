@@ -7,8 +7,9 @@ Backbone families at their own depth (Re²TAL Fig. 7):
 
 Each (arch, depth, wiring) runs in its own process. Activation memory ("step peak") is the peak during one training
 step (forward, backward, AdamW step) minus what was held just before it, with model, optimizer state and input
-already allocated, so it includes the parameter gradients; "held for backward" is what the forward leaves allocated
-for the backward (the stored activations). Measured on CUDA with torch.cuda.max_memory_allocated / memory_allocated;
+already allocated, so it includes the parameter gradients (which grow with depth in every wiring: the summary also
+gives the peak less them); "held for backward" is what the forward leaves allocated for the backward (the stored
+activations). Measured on CUDA with torch.cuda.max_memory_allocated / memory_allocated;
 on CPU with the process's peak / current resident set (VmHWM reset through /proc/self/clear_refs, VmRSS) with
 glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step time is the median of
 --steps further steps. Ratios are to the plain wiring of the same arch and depth.
@@ -88,12 +89,14 @@ def worker(spec: dict) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     params = sum(p.numel() for p in model.parameters())
+    gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     seconds = statistics.median(times)
     return {
         **spec,
         "activation_bytes": activation,
         "held_bytes": held[0],
         "step_seconds": seconds,
+        "gradient_bytes": gradient_bytes,
         "parameters": params,
     }
 
@@ -154,10 +157,13 @@ def _format_row(row: dict, rows: list[dict]) -> str:
 
 def _print_summary(rows: list[dict]) -> None:
     reversible = [r for r in rows if r["wiring"] == "reversible"]
-    print("\nreversible activation memory relative to the first configuration:")
+    print("\nreversible, relative to the first configuration (step peak; step peak less parameter gradients; held):")
+    first = reversible[0]
     for r in reversible:
-        ratio = r["activation_bytes"] / reversible[0]["activation_bytes"]
-        print(f"  {r['arch']:<10} depth={r['depth'] or '-':<3} {ratio:.3f}")
+        peak = r["activation_bytes"] / first["activation_bytes"]
+        working = (r["activation_bytes"] - r["gradient_bytes"]) / (first["activation_bytes"] - first["gradient_bytes"])
+        held = r["held_bytes"] / first["held_bytes"]
+        print(f"  {r['arch']:<10} depth={r['depth'] or '-':<3} {peak:.3f}; {working:.3f}; {held:.3f}")
     print("reversible / checkpoint: ", end="")
     for r in reversible:
         ckpt = next(c for c in rows if (c["arch"], c["depth"], c["wiring"]) == (r["arch"], r["depth"], "checkpoint"))
