@@ -36,8 +36,9 @@ __all__ = ["Swin3dConfig", "SwinTransformer3d", "convert_swin3d"]
 
 Size3 = tuple[int, int, int]
 
-# Bytes of one (windows, heads, N, N) slice of attention scores materialised at a time (the bias+mask of the
-# forward, the recomputed probabilities and their gradient in the backward). Small against a stage-1 token tensor.
+# Scores (windows, heads, N, N) materialised at a time: the bias+mask of the forward, the recomputed probabilities
+# and their gradient in the backward. At most max(_CHUNK_BYTES, a quarter of a token tensor): small against the
+# stage's token tensors, of which a recompute holds a dozen anyway, and few chunks (operators) on long inputs.
 _CHUNK_BYTES = 8 * 2**20
 _MASKED = -100.0  # the shift mask's value for token pairs from different regions (torchvision and mmaction use -100)
 
@@ -161,7 +162,7 @@ class _WindowAttention(torch.autograd.Function):
         ctx.heads, ctx.scale, ctx.bias_dtype = heads, scale, bias.dtype
         bias = bias.to(qkv.dtype)
         with torch.autocast(qkv.device.type, enabled=False):
-            for i, w0, w1 in _chunks(b, nw, heads * n * n * qkv.element_size()):
+            for i, w0, w1 in _chunks(qkv, heads * n * n * qkv.element_size()):
                 q, k, v = (parts[i, w0:w1, :, j].transpose(1, 2) for j in range(3))  # (c, heads, N, hd) views
                 mask = bias if regions is None else bias + _shift_mask(regions[w0:w1], qkv.dtype)[:, None]
                 out_heads[i, w0:w1] = F.scaled_dot_product_attention(q, k, v, mask, scale=scale).transpose(1, 2)
@@ -181,7 +182,7 @@ class _WindowAttention(torch.autograd.Function):
         dparts = dqkv.view(b, nw, n, 3, heads, hd)
         dbias = torch.zeros_like(bias)
         with torch.autocast(qkv.device.type, enabled=False):
-            for i, w0, w1 in _chunks(b, nw, heads * n * n * qkv.element_size()):
+            for i, w0, w1 in _chunks(qkv, heads * n * n * qkv.element_size()):
                 q, k, v = (parts[i, w0:w1, :, j].transpose(1, 2) for j in range(3))  # (c, heads, N, hd)
                 gc = g[i, w0:w1].transpose(1, 2)
                 p = torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias)  # scores (c, heads, N, N)
@@ -205,9 +206,11 @@ def _softmax_(s: torch.Tensor) -> torch.Tensor:
     return s.div_(s.sum(-1, keepdim=True))
 
 
-def _chunks(batch: int, windows: int, bytes_per_window: int):
-    """(sample, first window, end window) slices of at most `_CHUNK_BYTES` of scores each."""
-    step = max(1, _CHUNK_BYTES // bytes_per_window)
+def _chunks(qkv: torch.Tensor, bytes_per_window: int):
+    """(sample, first window, end window) slices of qkv (B, nW, N, 3C) with a bounded amount of scores each."""
+    batch, windows = qkv.shape[:2]
+    budget = max(_CHUNK_BYTES, qkv.numel() * qkv.element_size() // 12)  # qkv is three token tensors
+    step = max(1, budget // bytes_per_window)
     for i in range(batch):
         for w0 in range(0, windows, step):
             yield i, w0, min(w0 + step, windows)
