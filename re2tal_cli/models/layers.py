@@ -23,7 +23,7 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.drop_prob
         mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
-        return x * mask / keep
+        return x * mask.div_(keep)  # scale the (B, 1, …) mask, not the activation: one temporary, not two
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:g}"
