@@ -12,7 +12,8 @@ gives the peak less them); "held for backward" is what the forward leaves alloca
 activations). Measured on CUDA with torch.cuda.max_memory_allocated / memory_allocated;
 on CPU with the process's peak / current resident set (VmHWM reset through /proc/self/clear_refs, VmRSS) with
 glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step time is the median of
---steps further steps. Ratios are to the plain wiring of the same arch and depth.
+--steps steps after a warm-up step, in another process with the normal allocator. Ratios are to the plain wiring
+of the same arch and depth.
 """
 
 from __future__ import annotations
@@ -63,10 +64,22 @@ def worker(spec: dict) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    video = torch.randn(spec["batch"], 3, spec["frames"], spec["size"], spec["size"], device=device)
+    gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    if spec["measure"] == "time":
+        step(video)  # warm-up at full size
+        times = []
+        for _ in range(spec["steps"]):
+            start = time.perf_counter()
+            step(video)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return {"step_seconds": statistics.median(times)}
+
     # Warm-up on a small frame size: creates the optimizer state and starts autograd's and the kernels' one-time
     # machinery, so the measured step holds only what the step itself needs.
     step(torch.randn(spec["batch"], 3, spec["frames"], 32, 32, device=device))
-    video = torch.randn(spec["batch"], 3, spec["frames"], spec["size"], spec["size"], device=device)
     held = []
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -81,34 +94,34 @@ def worker(spec: dict) -> dict:
         before = _rss_bytes("VmRSS")
         step(video, lambda: held.append(_rss_bytes("VmRSS") - before))
         activation = _rss_bytes("VmHWM") - before
-    times = []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        step(video)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
     params = sum(p.numel() for p in model.parameters())
-    gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    seconds = statistics.median(times)
     return {
-        **spec,
         "activation_bytes": activation,
         "held_bytes": held[0],
-        "step_seconds": seconds,
         "gradient_bytes": gradient_bytes,
         "parameters": params,
     }
 
 
 def run_isolated(spec: dict) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    result = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"worker failed for {spec}:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """Memory and time, each in a fresh process. The memory run pins glibc's mmap threshold so that the resident set
+    follows live tensors; that makes every large allocation fault its pages in, so time is measured without it."""
+    row = dict(spec)
+    for measure in ("memory", "time"):
+        env = dict(os.environ)
+        if measure == "memory" and spec["device"] == "cpu":
+            env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+        result = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps({**spec, "measure": measure})],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"worker failed for {spec}:\n{result.stderr}")
+        row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+    return row
 
 
 def main() -> None:
