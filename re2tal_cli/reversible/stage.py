@@ -217,6 +217,9 @@ class _ReversibleStageFunction(torch.autograd.Function):
         stage: ResidualStage = ctx.stage
         (a,) = ctx.saved_tensors
         last_pair, ctx.last_pair = ctx.last_pair, None
+        if last_pair is None:  # a second backward through a retained graph: the first one freed the pair
+            grads, _ = _backward_blocks(ctx, None, grad_out, exact_inputs=_exact_block_inputs(ctx, a))
+            return (None, *grads)
         grads, error = _backward_blocks(ctx, last_pair, grad_out, exact_inputs=None, kept_input=a)
         if is_fake(a):  # shape-only run (memory estimation): there are no numbers to check
             return (None, *grads)

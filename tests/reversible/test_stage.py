@@ -313,3 +313,20 @@ def test_gradients_that_alias_the_incoming_gradient_are_not_corrupted():
     _, ref = grads_of(net, x, Coupling(0.3, 0.7), Execution.AUTOGRAD)
     _, rev = grads_of(net, x, Coupling(0.3, 0.7), Execution.REVERSIBLE)
     assert gradient_error_level(rev, ref) < 1e-10
+
+
+def test_second_backward_through_a_retained_graph():
+    """The first backward frees the saved last pair; a second one (retain_graph=True) recomputes from the kept input."""
+    net = mlp_net(3, drop_path=0.5).train()
+    x = torch.randn(4, 5, 8, dtype=torch.float64)
+    grads = {}
+    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
+        net.zero_grad()
+        net.stage.set_wiring(Coupling(0.0, 1.0), execution)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(3)
+            out = net(x).square().sum()
+        out.backward(retain_graph=True)
+        out.backward()
+        grads[execution] = [p.grad.clone() for p in net.parameters()]
+    assert gradient_error_level(grads[Execution.REVERSIBLE], grads[Execution.AUTOGRAD]) < 1e-10
