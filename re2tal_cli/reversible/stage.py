@@ -196,7 +196,7 @@ class _ReversibleStageFunction(torch.autograd.Function):
     def forward(ctx, stage: ResidualStage, a: torch.Tensor, *params: nn.Parameter) -> torch.Tensor:
         alpha, beta = stage.coupling.alpha, stage.coupling.beta
         training = any(block.training for block in stage.blocks)
-        ctx.stage, ctx.params = stage, params
+        ctx.stage, ctx.params, ctx.coupling = stage, params, stage.coupling  # coefficients as of this forward
         ctx.autocast = AutocastState.capture(a.device)
         ctx.rng = []  # one generator state per block, replayed in the recompute
         x, y = a.detach(), _scaled(a.detach(), beta)
@@ -235,7 +235,7 @@ class _ReversibleStageFunction(torch.autograd.Function):
 def _exact_block_inputs(ctx, a: torch.Tensor) -> list[torch.Tensor]:
     """The fallback: recompute x₀…xₙ₋₁ forward from the kept stage input, without a graph (checkpointing's cost)."""
     stage: ResidualStage = ctx.stage
-    alpha, beta = stage.coupling.alpha, stage.coupling.beta
+    alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
     xs, x, y = [], a.detach(), _scaled(a.detach(), beta)
     with torch.no_grad(), ctx.autocast():
         for f, rng in zip(stage.blocks, ctx.rng, strict=True):
@@ -265,7 +265,7 @@ def _backward_blocks(
     and the gradient updates are done in place.
     """
     stage: ResidualStage = ctx.stage
-    alpha, beta = stage.coupling.alpha, stage.coupling.beta
+    alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
     position = {id(p): k for k, p in enumerate(ctx.params)}
     param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
     x, y = last_pair if last_pair is not None else (None, None)

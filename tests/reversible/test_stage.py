@@ -330,3 +330,17 @@ def test_second_backward_through_a_retained_graph():
         out.backward()
         grads[execution] = [p.grad.clone() for p in net.parameters()]
     assert gradient_error_level(grads[Execution.REVERSIBLE], grads[Execution.AUTOGRAD]) < 1e-10
+
+
+def test_coefficients_changed_between_forward_and_backward_do_not_corrupt_gradients():
+    """A schedule may move (α, β) at any time: the backward inverts with the coefficients of its own forward."""
+    net = mlp_net(3)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    _, ref = grads_of(net, x, Coupling(0.5, 0.5), Execution.AUTOGRAD)
+    net.stage.set_wiring(Coupling(0.5, 0.5), Execution.REVERSIBLE)
+    x = x.detach().requires_grad_(True)
+    out = net(x)
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    rev = torch.autograd.grad((out * weights).sum(), [x, *net.parameters()])
+    assert gradient_error_level(rev, ref) < 1e-10
