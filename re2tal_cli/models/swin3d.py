@@ -271,6 +271,8 @@ class WindowAttentionBlock(nn.Module):
 class MlpBlock(nn.Module):
     """F = drop_path(dropout(fc2(dropout(gelu(fc1(norm(x))))))) on (..., C)."""
 
+    token_wise_dim = 1  # acts on each token alone: the reversible backward may recompute it a slice of D at a time
+
     def __init__(self, dim: int, cfg: Swin3dConfig, drop_path: float):
         super().__init__()
         hidden = int(dim * cfg.mlp_ratio)

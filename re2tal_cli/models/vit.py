@@ -69,6 +69,8 @@ class AttentionBlock(nn.Module):
 class MlpBlock(nn.Module):
     """F = drop_path(dropout(fc2(gelu(fc1(norm(x))))))."""
 
+    token_wise_dim = 1  # acts on each token alone: the reversible backward may recompute it a chunk of tokens at a time
+
     def __init__(self, cfg: ViTConfig, drop_path: float):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)

@@ -272,33 +272,58 @@ def _backward_blocks(
     if last_pair is not None:
         last_pair.clear()
     gx, gy = grad_out, grad_out
+    error = None
     for i in reversed(range(len(stage.blocks))):
         f = stage.blocks[i]
         x_prev = (y if beta == 1.0 else y / beta) if exact_inputs is None else exact_inputs[i]  # xᵢ₋₁ = yᵢ / β
         block_params = [p for p in f.parameters() if id(p) in position]
-        # Recompute Fᵢ with a graph, replaying the forward's random draws and precision, BatchNorm stats untouched.
-        with torch.enable_grad(), _replayed(ctx.rng[i]), ctx.autocast(), running_stats_frozen(f):
-            x_in = x_prev.detach().requires_grad_(True)
-            fx = f(x_in)
-        if exact_inputs is None:
-            y_prev = x - fx.detach()  # yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁
-            if alpha:
-                y_prev.sub_(x_prev, alpha=alpha)
+
+        dim = _token_wise_dim(f)
+        if dim is None or x_prev.shape[dim] < 2:
+            x_in, fx = _recompute(ctx, i, f, x_prev)
+            if exact_inputs is None:
+                y_prev = x - fx.detach()  # yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁
+                if alpha:
+                    y_prev.sub_(x_prev, alpha=alpha)
+            del x, y  # (xᵢ, yᵢ) are rebuilt into (xᵢ₋₁, yᵢ₋₁): drop them before the gradient's transient
+            if i == 0 and exact_inputs is None:  # y₀ is needed only for the guard: compare it now and drop it
+                error, y_prev = _reconstruction_error(x_prev, y_prev, kept_input, beta), None
+            grad_x_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
+            del fx, x_in  # this block's recompute graph is dead: free it before the next block's
+            _accumulate(param_grads, position, block_params, grad_params, gx, gy)
+            del grad_params
+            grad_x_in = torch.zeros_like(gx) if grad_x_in is None else _owned(grad_x_in, gx, gy)  # None: F ignores x
         else:
+            # A token-wise F (no mixing along `dim`, no elementwise randomness) is recomputed and differentiated a
+            # chunk of tokens at a time: the step's peak is this transient, and a chunk's is 1/RECOMPUTE_CHUNKS of it.
+            y_prev = torch.empty_like(x) if exact_inputs is None else None
+            grad_x_in = torch.empty_like(gx)
+            size = x_prev.shape[dim]
+            step = -(-size // min(RECOMPUTE_CHUNKS, size))
+            for start in range(0, size, step):
+                piece = slice(start, min(start + step, size))
+                x_in, fx = _recompute(ctx, i, f, _narrow(x_prev, dim, piece))
+                if exact_inputs is None:
+                    y_piece = _narrow(y_prev, dim, piece)
+                    torch.sub(_narrow(x, dim, piece), fx.detach(), out=y_piece)
+                    if alpha:
+                        y_piece.sub_(x_in.detach(), alpha=alpha)
+                g_piece, *grad_params = torch.autograd.grad(
+                    fx, [x_in, *block_params], _narrow(gx, dim, piece), allow_unused=True
+                )
+                del fx, x_in
+                _accumulate(param_grads, position, block_params, grad_params, gx, gy)
+                target = _narrow(grad_x_in, dim, piece)
+                if g_piece is None:
+                    target.zero_()
+                else:
+                    target.copy_(g_piece)
+                del g_piece, grad_params
+            del x, y
+            if i == 0 and exact_inputs is None:
+                error, y_prev = _reconstruction_error(x_prev, y_prev, kept_input, beta), None
+        if exact_inputs is not None:
             y_prev = _scaled(exact_inputs[i - 1] if i > 0 else x_prev, beta)
-        del x, y  # (xᵢ, yᵢ) are rebuilt into (xᵢ₋₁, yᵢ₋₁): drop them before the gradient's transient
-        if i == 0 and exact_inputs is None:  # y₀ is needed only for the guard: compare it now and drop it
-            error = _reconstruction_error(x_prev, y_prev, kept_input, beta)
-            y_prev = None
-        grad_x_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
-        del fx, x_in  # this block's recompute graph is dead: free it before the next block's
-        for p, grad in zip(block_params, grad_params, strict=True):
-            if grad is not None:
-                k = position[id(p)]
-                grad = _owned(grad, gx, gy)
-                param_grads[k] = grad if param_grads[k] is None else param_grads[k].add_(grad)
-        del grad_params
-        grad_x_in = torch.zeros_like(gx) if grad_x_in is None else _owned(grad_x_in, gx, gy)  # None: F ignores x
         if alpha:
             grad_x_in.add_(gx, alpha=alpha)
         if beta:
@@ -309,7 +334,40 @@ def _backward_blocks(
     for grad in (grad_a, *param_grads):
         if grad is not None:
             grad.div_(1 + beta)
-    return [grad_a, *param_grads], (error if exact_inputs is None else None)
+    return [grad_a, *param_grads], error
+
+
+RECOMPUTE_CHUNKS = 4  # pieces a token-wise block is recomputed in
+
+
+def _accumulate(param_grads: list, position: dict, block_params: list, grads: list, *incoming: torch.Tensor) -> None:
+    for p, grad in zip(block_params, grads, strict=True):
+        if grad is not None:
+            k = position[id(p)]
+            grad = _owned(grad, *incoming)
+            param_grads[k] = grad if param_grads[k] is None else param_grads[k].add_(grad)
+
+
+def _token_wise_dim(f: nn.Module) -> int | None:
+    """The dimension along which F acts on each slice independently, as its module declares (`token_wise_dim`), if
+    its recompute may be split along it now: not while an elementwise dropout is active, whose draws depend on the
+    shape. (Drop-path draws one value per sample, the same for every piece when the generator state is replayed.)"""
+    dim = getattr(f, "token_wise_dim", None)
+    if dim is None:
+        return None
+    dropouts = (m for m in f.modules() if isinstance(m, nn.modules.dropout._DropoutNd))
+    return None if any(m.p > 0 and m.training for m in dropouts) else dim
+
+
+def _narrow(t: torch.Tensor, dim: int, piece: slice) -> torch.Tensor:
+    return t.narrow(dim, piece.start, piece.stop - piece.start)
+
+
+def _recompute(ctx, i: int, f: nn.Module, x_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fᵢ(xᵢ₋₁) with a graph, replaying the forward's random draws and precision, BatchNorm statistics untouched."""
+    with torch.enable_grad(), _replayed(ctx.rng[i]), ctx.autocast(), running_stats_frozen(f):
+        x_in = x_prev.detach().requires_grad_(True)
+        return x_in, f(x_in)
 
 
 def _reconstruction_error(x_0: torch.Tensor, y_0: torch.Tensor, a: torch.Tensor, beta: float) -> torch.Tensor:

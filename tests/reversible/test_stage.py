@@ -344,3 +344,34 @@ def test_coefficients_changed_between_forward_and_backward_do_not_corrupt_gradie
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
     rev = torch.autograd.grad((out * weights).sum(), [x, *net.parameters()])
     assert gradient_error_level(rev, ref) < 1e-10
+
+
+class TokenWiseBlock(MlpBlock):
+    """The MLP block declared token-wise along dim 1, recording the token counts it is called with."""
+
+    token_wise_dim = 1
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(x.shape[1])
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("coupling", [Coupling(0.0, 1.0), Coupling(0.5, 0.5)], ids=["re2tal", "half"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_token_wise_blocks_recompute_in_chunks_exactly(coupling, dropout):
+    blocks = [TokenWiseBlock(8, drop_path=0.5, dropout=dropout), MlpBlock(8), TokenWiseBlock(8, drop_path=0.5)]
+    net = Net(blocks).double().train()
+    x = torch.randn(3, 10, 8, dtype=torch.float64)
+    state = torch.get_rng_state()
+    _, ref = grads_of(net, x, coupling, Execution.AUTOGRAD, rng_state=state)
+    for block in (blocks[0], blocks[2]):
+        block.calls.clear()
+    _, rev = grads_of(net, x, coupling, Execution.REVERSIBLE, rng_state=state)
+    assert gradient_error_level(rev, ref) < 1e-10
+    assert blocks[2].calls == [10, 3, 3, 3, 1]  # forward, then the recompute in four pieces of ≤ 3 tokens
+    # an active elementwise dropout draws per element: that block is recomputed whole
+    assert blocks[0].calls == ([10, 10] if dropout else [10, 3, 3, 3, 1])
