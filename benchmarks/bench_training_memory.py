@@ -52,8 +52,7 @@ def worker(spec: dict) -> dict:
         "checkpoint": (Coupling(1.0, 0.0), Execution.CHECKPOINT),
         "reversible": (Coupling(0.0, 1.0), Execution.REVERSIBLE),
     }[spec["wiring"]]
-    for stage in model.residual_stages():
-        stage.set_wiring(coupling, execution)
+    model.set_wiring(coupling, execution)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def step(video, after_forward=None):

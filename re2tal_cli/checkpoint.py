@@ -37,13 +37,10 @@ class Wiring:
 
     def apply(self, model: VideoBackbone, tolerance: float | None = None) -> list[int]:
         """Set the wiring on the model's stages; returns the indices of the stages it applied to."""
-        stages = model.residual_stages()
-        chosen = range(len(stages)) if self.stages is None else self.stages
-        for i in chosen:
-            if not 0 <= i < len(stages):
-                raise BadCheckpointError(f"stage index {i} out of range: the model has {len(stages)} residual stages")
-            stages[i].set_wiring(Coupling(self.alpha, self.beta), self.execution, tolerance)
-        return list(chosen)
+        try:
+            return model.set_wiring(Coupling(self.alpha, self.beta), self.execution, tolerance, self.stages)
+        except IndexError as error:
+            raise BadCheckpointError(str(error)) from None
 
     def to_json(self) -> dict:
         return {

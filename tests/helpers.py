@@ -27,3 +27,8 @@ def seed_hub_cache(hf_home: Path, repo_id: str, files: dict[str, bytes], revisio
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     return commit
+
+
+def batchnorm_state(model) -> dict:
+    """Running statistics and batch counters of every BatchNorm, copied."""
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}

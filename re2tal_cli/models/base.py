@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from re2tal_cli.reversible.stage import ResidualStage
+from re2tal_cli.reversible.stage import Coupling, Execution, ResidualStage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,6 +45,18 @@ class VideoBackbone(nn.Module):
 
     def residual_stages(self) -> list[ResidualStage]:
         return [m for m in self.modules() if isinstance(m, ResidualStage)]
+
+    def set_wiring(
+        self, coupling: Coupling, execution: Execution | str, tolerance: float | None = None, stages=None
+    ) -> list[int]:
+        """Wire the residual stages (all, or those at the indices `stages`); returns the indices wired."""
+        all_stages = self.residual_stages()
+        chosen = range(len(all_stages)) if stages is None else stages
+        for i in chosen:
+            if not 0 <= i < len(all_stages):
+                raise IndexError(f"stage index {i} out of range: the model has {len(all_stages)} residual stages")
+            all_stages[i].set_wiring(coupling, execution, tolerance)
+        return list(chosen)
 
     def check_input(self, video: torch.Tensor) -> None:
         if video.ndim != 5 or video.shape[1] != 3:

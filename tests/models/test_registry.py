@@ -1,11 +1,14 @@
 """Every registered test architecture, whatever its family, through the same reversible checks."""
 
+import copy
+
 import pytest
 import torch
 
 from re2tal_cli.models import get_arch, list_archs
 from re2tal_cli.reversible import Coupling, Execution
 from re2tal_cli.reversible.check import check_reversibility
+from tests.helpers import batchnorm_state
 
 TINY = [arch.name for arch in list_archs() if arch.test_only]
 
@@ -31,8 +34,7 @@ def test_reversible_gradients_equal_autograd_fp64(arch, dropout):
 @pytest.mark.parametrize("arch", TINY)
 def test_every_parameter_gets_a_finite_gradient_through_reversible_stages(arch):
     model = get_arch(arch).create(num_classes=3).train()
-    for stage in model.residual_stages():
-        stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    model.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
     model(tiny_video(arch, dtype=torch.float32)).square().sum().backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
@@ -48,3 +50,21 @@ def test_feature_shapes(arch):
         temporal = model.temporal_features(video)
     assert maps.shape[:3] == (1, model.out_channels, video.shape[2] // model.temporal_stride)
     assert temporal.shape == maps.shape[:3]
+
+
+@pytest.mark.parametrize("arch", ["r3d-tiny", "slowfast-tiny"])
+def test_batchnorm_in_training_mode_is_updated_once(arch):
+    """BatchNorm left in training mode: after one reversible step the running statistics equal those after one
+    ordinary-autograd step (the recompute in the backward does not update them again)."""
+    base = get_arch(arch).create(frozen_bn=False).double().train()
+    video = tiny_video(arch)
+    states = {}
+    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
+        model = copy.deepcopy(base)
+        model.set_wiring(Coupling(0.0, 1.0), execution)
+        model.feature_maps(video).square().sum().backward()
+        states[execution] = batchnorm_state(model)
+    before = batchnorm_state(base)
+    assert any(not torch.equal(before[k], v) for k, v in states[Execution.AUTOGRAD].items())
+    for key, value in states[Execution.AUTOGRAD].items():
+        assert torch.allclose(states[Execution.REVERSIBLE][key], value, rtol=0, atol=1e-12), key

@@ -14,6 +14,7 @@ from re2tal_cli.models import create_model, get_arch
 from re2tal_cli.models.resnet_blocks import TemporalShift
 from re2tal_cli.reversible import Coupling, Execution
 from re2tal_cli.reversible.check import check_reversibility
+from tests.helpers import batchnorm_state
 
 ORACLE = "/work/shared/oracles/torchvision-video-models"
 
@@ -45,11 +46,6 @@ def randomise_batchnorm(model):
     return model
 
 
-def set_wiring(model, coupling, execution=Execution.AUTOGRAD):
-    for stage in model.residual_stages():
-        stage.set_wiring(coupling, execution)
-
-
 @pytest.mark.parametrize(("arch", "builder"), [("r3d-18", "r3d_18"), ("r2plus1d-18", "r2plus1d_18")])
 def test_torchvision_video_resnet_loads_and_matches(torchvision_models, arch, builder):
     reference = randomise_batchnorm(getattr(torchvision_models[0], builder)()).eval()
@@ -60,9 +56,9 @@ def test_torchvision_video_resnet_loads_and_matches(torchvision_models, arch, bu
     with torch.no_grad():
         expected = reference(video)
         assert (model(video) - expected).abs().max() < 1e-5
-        set_wiring(model, Coupling(1.0, 0.0))  # the rewired net at α=1, β=0 is the source network
+        model.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)  # the rewired net at α=1, β=0 is the source network
         assert (model(video) - expected).abs().max() < 1e-5
-        set_wiring(model, Coupling(0.0, 1.0), Execution.REVERSIBLE)  # Re²TAL's end: a different (finite) network
+        model.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)  # Re²TAL's end: a different (finite) network
         assert torch.isfinite(model(video)).all()
 
 
@@ -109,7 +105,7 @@ def test_tsm_matches_shifted_2d_resnet_in_both_layouts(torchvision_models, arch,
             model.eval()
             scale = expected.abs().max()  # 2-D and 3-D conv kernels sum in another order: compare relative to scale
             assert (model(video) - expected).abs().max() < 1e-5 * scale
-            set_wiring(model, Coupling(1.0, 0.0))
+            model.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)
             assert (model(video) - expected).abs().max() < 1e-5 * scale
 
 
@@ -135,27 +131,6 @@ def test_tiny_archs_rewire_odd_even_and_single_block_stages(arch):
     their gradients are checked for every tiny arch in test_registry.py."""
     model = create_model(arch)
     assert [len(s.blocks) for s in model.residual_stages()] == [1, 2, 1]
-
-
-def batchnorm_state(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-
-
-def test_batchnorm_in_training_mode_is_updated_once():
-    """BatchNorm left in training mode: after one reversible step the running statistics equal those after one
-    ordinary-autograd step (the recompute in the backward does not update them again)."""
-    base = create_model("r3d-tiny", frozen_bn=False).double().train()
-    video = torch.randn(2, 3, 8, 32, 32, dtype=torch.float64)
-    states = {}
-    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
-        model = copy.deepcopy(base)
-        set_wiring(model, Coupling(0.0, 1.0), execution)
-        model(video).square().sum().backward()
-        states[execution] = batchnorm_state(model)
-    before = batchnorm_state(base)
-    assert any(not torch.equal(before[k], v) for k, v in states[Execution.AUTOGRAD].items())
-    for key, value in states[Execution.AUTOGRAD].items():
-        assert torch.allclose(states[Execution.REVERSIBLE][key], value, rtol=0, atol=1e-12), key
 
 
 def test_frozen_batchnorm_is_the_default():

@@ -1,7 +1,6 @@
 """SlowFast: the PySlowFast / pytorchvideo / mmaction2 checkpoint layouts, ReLU-in rewiring at both ends, BatchNorm,
 features, and the one-line error for a checkpoint of another architecture."""
 
-import copy
 import json
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.hub import read_state_dict
 from re2tal_cli.models import create_model, get_arch, list_archs
 from re2tal_cli.reversible import Coupling, Execution
+from tests.helpers import batchnorm_state
 
 LAYOUTS = Path("/work/shared/oracles/checkpoint-layouts")
 
@@ -127,11 +127,9 @@ def test_original_wiring_is_the_source_network(arch):
     video = torch.randn(2, 3, 4, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         expected = plain_forward(model, video)
-        for stage in model.residual_stages():
-            stage.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)
+        model.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)
         assert (model(video) - expected).abs().max() < 1e-12
-        for stage in model.residual_stages():
-            stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+        model.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
         assert (model(video) - expected).abs().max() > 1e-6  # Re²TAL's end is another network (finetuned after)
 
 
@@ -141,26 +139,6 @@ def test_tiny_archs_rewire_odd_even_and_single_block_stages(arch):
     tiny arch in test_registry.py."""
     model = create_model(arch)
     assert [len(s.blocks) for s in model.residual_stages()] == [1, 2, 1, 1, 2, 1]
-
-
-def batchnorm_state(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-
-
-def test_batchnorm_in_training_mode_is_updated_once():
-    base = create_model("slowfast-tiny", frozen_bn=False).double().train()
-    video = torch.randn(2, 3, 4, 32, 32, dtype=torch.float64)
-    states = {}
-    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
-        model = copy.deepcopy(base)
-        for stage in model.residual_stages():
-            stage.set_wiring(Coupling(0.0, 1.0), execution)
-        model.feature_maps(video).square().sum().backward()
-        states[execution] = batchnorm_state(model)
-    before = batchnorm_state(base)
-    assert any(not torch.equal(before[k], v) for k, v in states[Execution.AUTOGRAD].items())
-    for key, value in states[Execution.AUTOGRAD].items():
-        assert torch.allclose(states[Execution.REVERSIBLE][key], value, rtol=0, atol=1e-12), key
 
 
 def test_frozen_batchnorm_is_the_default():

@@ -76,11 +76,6 @@ def tv_tokens(tv_model, video):
     return tv_model.norm(tv_model.features(tv_model.patch_embed(video)))  # (B, T', H', W', C)
 
 
-def set_wiring(model, coupling, execution=Execution.AUTOGRAD):
-    for stage in model.residual_stages():
-        stage.set_wiring(coupling, execution)
-
-
 # Inputs: divisible; H/W not divisible by patch nor window (padding) with the shift active in all three axes; T' equal
 # to the window (window and shift shrink along T); one frame pair (T' = 1).
 SHAPES = [(2, 3, 8, 32, 32), (1, 3, 8, 36, 44), (1, 3, 4, 18, 30), (1, 3, 2, 20, 20)]
@@ -104,9 +99,9 @@ def test_torchvision_weights_give_torchvision_outputs(tv_swin, arch, depths):
             # rewired at α=1, β=0 (the original wiring), directly and through per-block checkpointing: still the same
             Wiring(1.0, 0.0).apply(model)
             assert (model(video) - expected).abs().max() < 1e-5
-            set_wiring(model, Coupling(1.0, 0.0), Execution.CHECKPOINT)
+            model.set_wiring(Coupling(1.0, 0.0), Execution.CHECKPOINT)
             assert (model(video) - expected).abs().max() < 1e-5
-            set_wiring(model, Coupling(1.0, 0.0))
+            model.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)
 
 
 def test_torchvision_fp64_outputs_and_gradients_agree(tv_swin):
@@ -297,10 +292,10 @@ def test_original_wiring_is_the_unrewired_network():
     model = create_model("swin3d-tiny-d3", num_classes=4).eval()
     rewired = copy.deepcopy(model)
     video = torch.randn(1, 3, 8, 36, 44)
-    set_wiring(rewired, Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    rewired.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
     with torch.no_grad():
         assert not torch.allclose(rewired(video), model(video))  # a different network …
-        set_wiring(rewired, Coupling(1.0, 0.0))
+        rewired.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)
         assert torch.equal(rewired(video), model(video))  # … until wired back: exactly the same
 
 
