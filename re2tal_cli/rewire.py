@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def rewire(
         size = check_size or spec.input.image_size
         video = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0)).to(check_dtype)
         report_check = check_reversibility(model, video, coupling)
-        if report_check.gradient_error_level != report_check.gradient_error_level:  # NaN
+        if math.isnan(report_check.gradient_error_level):
             raise NumericalError(f"{src}: reversible gradients are not finite at alpha={alpha}, beta={beta}")
 
     digest = hub.sha256(path)

@@ -128,9 +128,10 @@ class ResidualStage(nn.Module):
         return f"blocks={len(self._blocks)}, alpha={c.alpha:g}, beta={c.beta:g}, execution={self.execution.value}"
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        if self.execution is Execution.REVERSIBLE and torch.is_grad_enabled() and self._needs_grad(a):
+        if self.execution is Execution.REVERSIBLE and torch.is_grad_enabled():
             params = [p for p in self.parameters_of_blocks() if p.requires_grad]
-            return _ReversibleStageFunction.apply(self, a, *params)
+            if a.requires_grad or params:
+                return _ReversibleStageFunction.apply(self, a, *params)
         if self.execution is Execution.CHECKPOINT and torch.is_grad_enabled():
             return self._run(a, checkpointed=True)
         return self._run(a, checkpointed=False)
@@ -142,9 +143,6 @@ class ResidualStage(nn.Module):
             for p in block.parameters():
                 seen.setdefault(id(p), p)
         return list(seen.values())
-
-    def _needs_grad(self, a: torch.Tensor) -> bool:
-        return a.requires_grad or any(p.requires_grad for p in self.parameters_of_blocks())
 
     def _run(self, a: torch.Tensor, checkpointed: bool) -> torch.Tensor:
         """Forward with ordinary autograd (or per-block checkpointing): the reference the reversible path matches."""
