@@ -1,0 +1,167 @@
+import math
+
+import pytest
+import torch
+
+from re2tal_cli.errors import BadInputError, UnknownNameError
+from re2tal_cli.localizers import ActionFormer, ActionFormerConfig, pad_features
+from tests.localizers.conftest import tiny_config
+
+
+def _batch(lengths, channels=8):
+    return pad_features([torch.randn(channels, t) for t in lengths], multiple=4)
+
+
+@pytest.mark.parametrize("length", [4, 12, 64, 100])
+def test_shapes_per_level(tiny, length):
+    model = ActionFormer(8, 3, tiny)
+    feats, mask = _batch([length, max(1, length // 2)])
+    out = model(feats, mask)
+    t = feats.shape[2]
+    assert t % 4 == 0 and t >= length
+    for level, stride in enumerate((1, 2, 4)):
+        assert out.cls_logits[level].shape == (2, t // stride, 3)
+        assert out.offsets[level].shape == (2, t // stride, 2)
+        assert out.masks[level].shape == (2, t // stride)
+        assert out.points[level].shape == (t // stride, 4)
+        assert torch.equal(out.points[level][:, 0], torch.arange(t // stride) * float(stride))
+        assert (out.points[level][:, 3] == stride).all()
+        assert (out.offsets[level] >= 0).all()
+        # a level-l step is valid when input step i·2^l is
+        assert torch.equal(out.masks[level], mask[:, ::stride])
+
+
+def test_default_config_is_the_thumos_one():
+    config = ActionFormerConfig()
+    assert (config.embed_dim, config.num_heads, config.window_size) == (512, 4, 19)
+    assert (config.num_embed_convs, config.num_stem_blocks, config.num_branch_blocks) == (2, 2, 5)
+    assert config.num_levels == 6 and config.downsample_factor == 32 and config.max_seq_len == 2304
+    assert config.regression_ranges[0] == (0, 4) and config.regression_ranges[-1] == (64, math.inf)
+    assert (config.center_sample_radius, config.path_drop, config.head_kernel_size) == (1.5, 0.1, 3)
+    model = ActionFormer(512, 20)
+    assert sum(p.numel() for p in model.parameters()) == 26_892_316
+
+
+def test_every_parameter_gets_a_gradient(tiny):
+    model = ActionFormer(8, 3, tiny_config(layer_scale_init=1e-4))
+    feats, mask = _batch([40, 25])
+    out = model(feats, mask)
+    losses = model.loss(
+        out,
+        [torch.tensor([[3.0, 9.0], [20.0, 37.0]]), torch.tensor([[1.0, 2.5]])],
+        [
+            torch.tensor([0, 2]),
+            torch.tensor([1]),
+        ],
+    )
+    losses["loss"].backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_window_without_actions(tiny):
+    model = ActionFormer(8, 3, tiny)
+    feats, mask = _batch([32, 32])
+    out = model(feats, mask)
+    empty = torch.zeros(0, 2)
+    losses = model.loss(out, [empty, empty], [torch.zeros(0, dtype=torch.long)] * 2)
+    assert losses["num_positives"] == 0 and losses["reg_loss"] == 0
+    assert losses["cls_loss"] > 0 and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert model.cls_head.output.bias.grad.abs().sum() > 0
+
+
+def test_loss_normalizer_is_an_ema_of_positives_in_training_only(tiny):
+    model = ActionFormer(8, 3, tiny_config(init_loss_normalizer=100.0))
+    feats, mask = _batch([32])
+    out = model(feats, mask)
+    segments, labels = [torch.tensor([[4.0, 12.0]])], [torch.tensor([1])]
+    first = model.loss(out, segments, labels)
+    positives = float(first["num_positives"])
+    assert positives > 0
+    assert model.loss_normalizer.item() == pytest.approx(0.9 * 100 + 0.1 * positives)
+    model.eval()
+    model.loss(out, segments, labels)
+    assert model.loss_normalizer.item() == pytest.approx(0.9 * 100 + 0.1 * positives)
+    model.train()
+    model.loss(out, [torch.zeros(0, 2)], [torch.zeros(0, dtype=torch.long)])  # max(positives, 1)
+    assert model.loss_normalizer.item() == pytest.approx(0.9 * (0.9 * 100 + 0.1 * positives) + 0.1)
+
+
+def test_valid_steps_ignore_padding(tiny):
+    """Outputs at valid steps are the same whether the sequence is padded or not (and whatever the padding holds)."""
+    model = ActionFormer(8, 3, tiny_config(window_size=(5, 3, -1))).eval()
+    feats = torch.randn(1, 8, 24)
+    out = model(feats, torch.ones(1, 24, dtype=torch.bool))
+    padded = torch.cat((feats, 100 * torch.randn(1, 8, 16)), dim=2)
+    out_padded = model(padded, torch.arange(40)[None] < 24)
+    for level in range(3):
+        valid = out.masks[level].shape[1]
+        for a, b in ((out.cls_logits, out_padded.cls_logits), (out.offsets, out_padded.offsets)):
+            torch.testing.assert_close(b[level][:, :valid], a[level], rtol=0, atol=1e-6)
+
+
+def test_predict_returns_sorted_detections_in_feature_steps(tiny):
+    model = ActionFormer(8, 3, tiny).eval()
+    feats, mask = _batch([40, 13])
+    detections = model.predict(model(feats, mask), max_segments=7)
+    assert len(detections) == 2
+    for det in detections:
+        assert det.segments.shape[1] == 2 and len(det.segments) == len(det.scores) == len(det.labels) <= 7
+        assert (det.scores[:-1] >= det.scores[1:]).all()
+        assert ((det.labels >= 0) & (det.labels < 3)).all()
+
+
+def test_predict_rejects_unknown_overrides(tiny):
+    model = ActionFormer(8, 3, tiny).eval()
+    out = model(*_batch([8]))
+    with pytest.raises(UnknownNameError, match="max_segments"):
+        model.predict(out, max_segment=3)
+    with pytest.raises(BadInputError, match="nms_method"):
+        model.predict(out, nms_method="softer")
+
+
+def test_pad_features():
+    feats, mask = pad_features([torch.ones(3, 5), torch.ones(3, 9)], multiple=4)
+    assert feats.shape == (2, 3, 12) and mask.sum(1).tolist() == [5, 9]
+    assert feats[0, :, 5:].abs().sum() == 0 and feats[0, :, :5].eq(1).all()
+    feats, mask = pad_features([torch.ones(3, 5)], multiple=32, max_length=64)
+    assert feats.shape == (1, 3, 64)
+    with pytest.raises(BadInputError, match="max_length"):
+        pad_features([torch.ones(3, 70)], multiple=32, max_length=64)
+    with pytest.raises(BadInputError):
+        pad_features([torch.ones(3, 5), torch.ones(4, 5)], multiple=4)
+
+
+def test_forward_rejects_bad_input(tiny):
+    model = ActionFormer(8, 3, tiny)
+    with pytest.raises(BadInputError, match="multiple of 4"):
+        model(torch.randn(1, 8, 10), torch.ones(1, 10, dtype=torch.bool))
+    with pytest.raises(BadInputError, match=r"\(B, 8, T\)"):
+        model(torch.randn(1, 7, 12), torch.ones(1, 12, dtype=torch.bool))
+    with pytest.raises(BadInputError, match="bool mask"):
+        model(torch.randn(1, 8, 12), torch.ones(1, 12))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(embed_dim=30, num_heads=4), "divisible by num_heads"),
+        (dict(window_size=4), "odd"),
+        (dict(window_size=(5, 5)), "3 levels"),
+        (dict(regression_ranges=((0, 4), (4, 8))), "3 levels"),
+        (dict(regression_ranges=((0, 4), (8, 4), (8, 16))), "low < high"),
+        (dict(max_seq_len=66), "divisible by downsample_factor 4"),
+        (dict(path_drop=1.0), r"path_drop must be in \[0, 1\)"),
+        (dict(cls_prior_prob=0.0), "cls_prior_prob"),
+        (dict(center_sample_radius=0), "center_sample_radius"),
+        (dict(num_heads=True), "num_heads"),
+        (dict(head_kernel_size=2), "odd"),
+        (dict(reg_loss_weight=-1.0), "reg_loss_weight"),
+        (dict(postprocess=dict(sigma=0)), "sigma"),
+        (dict(postprocess=dict(max_segments=0)), "max_segments"),
+    ],
+)
+def test_bad_config_raises(changes, message):
+    with pytest.raises(BadInputError, match=message):
+        tiny_config(**changes)
