@@ -165,3 +165,43 @@ def test_forward_rejects_bad_input(tiny):
 def test_bad_config_raises(changes, message):
     with pytest.raises(BadInputError, match=message):
         tiny_config(**changes)
+
+
+def test_runs_under_bf16_autocast(tiny):
+    model = ActionFormer(8, 3, tiny)
+    feats, mask = _batch([32, 20])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(feats, mask)
+        losses = model.loss(
+            out,
+            [torch.tensor([[3.0, 9.0]]), torch.zeros(0, 2)],
+            [
+                torch.tensor([1]),
+                torch.zeros(0, dtype=torch.long),
+            ],
+        )
+    assert out.cls_logits[0].dtype == torch.bfloat16 and losses["loss"].dtype == torch.float32
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert len(model.eval().predict(out)) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(tiny):
+    model = ActionFormer(8, 3, tiny).eval()
+    feats, mask = _batch([40, 17])
+    out = model(feats, mask)
+    out_cuda = model.cuda()(feats.cuda(), mask.cuda())
+    for a, b in zip(out.cls_logits + out.offsets, out_cuda.cls_logits + out_cuda.offsets, strict=True):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-4)
+    segments = [torch.tensor([[3.0, 9.0]]), torch.tensor([[1.0, 12.0]])]
+    labels = [torch.tensor([1]), torch.tensor([2])]
+    loss_cpu = model.cpu().loss(out, segments, labels)["loss"]
+    loss_cuda = model.cuda().loss(out_cuda, segments, labels)["loss"]
+    torch.testing.assert_close(loss_cuda.cpu(), loss_cpu, rtol=1e-4, atol=1e-5)
+    for det, det_cuda in zip(model.predict(out), model.predict(out_cuda), strict=True):
+        torch.testing.assert_close(det_cuda.scores.cpu(), det.scores, rtol=1e-3, atol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out_bf16 = model(feats.cuda(), mask.cuda())
+        model.train().loss(out_bf16, segments, labels)["loss"].backward()
