@@ -68,12 +68,13 @@ class ActionFormer(nn.Module):
         self.num_classes = num_classes
         self.backbone = ConvTransformerBackbone(in_channels, config)
         self.neck = IdentityNeck(config.num_levels, config.embed_dim, config.neck_layer_norm)
-        head_args = dict(kernel_size=config.head_kernel_size, num_layers=config.head_num_layers)
-        head_args["layer_norm"] = config.head_layer_norm
-        self.cls_head = ClassificationHead(
-            config.embed_dim, config.head_dim, num_classes, prior_prob=config.cls_prior_prob, **head_args
+        head_shape = dict(
+            kernel_size=config.head_kernel_size, num_layers=config.head_num_layers, layer_norm=config.head_layer_norm
         )
-        self.reg_head = RegressionHead(config.embed_dim, config.head_dim, config.num_levels, **head_args)
+        self.cls_head = ClassificationHead(
+            config.embed_dim, config.head_dim, num_classes, prior_prob=config.cls_prior_prob, **head_shape
+        )
+        self.reg_head = RegressionHead(config.embed_dim, config.head_dim, config.num_levels, **head_shape)
         # EMA of positives per batch, the loss normaliser; a buffer so checkpoints resume with it
         self.register_buffer("loss_normalizer", torch.tensor(float(config.init_loss_normalizer)))
 
@@ -91,7 +92,9 @@ class ActionFormer(nn.Module):
             points=points,
         )
 
-    def loss(self, out: LocalizerOutput, segments: list[torch.Tensor], labels: list[torch.Tensor]) -> dict:
+    def loss(
+        self, out: LocalizerOutput, segments: list[torch.Tensor], labels: list[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Training losses of a batch.
 
         segments[i]: (N_i, 2) float [start, end] in feature steps (module docstring); labels[i]: (N_i,) long in
@@ -116,17 +119,18 @@ class ActionFormer(nn.Module):
             cls_targets.append(cls_t)
             reg_targets.append(reg_t)
         valid = torch.cat(out.masks, dim=1)  # (B, P)
-        positive_count = (valid & (torch.stack(cls_targets).sum(-1) > 0)).sum()
+        cls_targets, reg_targets = torch.stack(cls_targets), torch.stack(reg_targets)  # (B, P, K), (B, P, 2)
         if self.training:
             with torch.no_grad():
+                positive_count = (valid & (cls_targets.sum(-1) > 0)).sum()
                 m = self.config.loss_normalizer_momentum
                 self.loss_normalizer.mul_(m).add_((1 - m) * positive_count.clamp(min=1))
         cls_loss, reg_loss, num_positives = detection_losses(
             torch.cat(out.cls_logits, dim=1),
             torch.cat(out.offsets, dim=1),
             valid,
-            torch.stack(cls_targets),
-            torch.stack(reg_targets),
+            cls_targets,
+            reg_targets,
             self.loss_normalizer,
             focal_alpha=self.config.focal_alpha,
             focal_gamma=self.config.focal_gamma,

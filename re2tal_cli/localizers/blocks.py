@@ -20,11 +20,13 @@ from torch import nn
 from re2tal_cli.models.layers import DropPath
 
 __all__ = [
+    "GLOBAL_ATTENTION",
     "ChannelLayerNorm",
     "LayerScale",
     "MaskedConv1d",
     "MaskedConvAttention",
     "TransformerBlock",
+    "global_attention",
     "masked",
     "windowed_attention",
 ]

@@ -36,6 +36,8 @@ class ActionFormerConfig:
     attn_dropout: float = 0.0  # dropout on attention probabilities
     path_drop: float = 0.1  # stochastic depth of every block branch (same rate in every block, as the release)
     layer_scale_init: float = 1e-4  # per-channel scale on each block branch, initial value; 0 = none
+    abs_position_embedding: bool = False  # add a fixed sinusoidal embedding / √embed_dim after the projection convs
+    # (the release's use_abs_pe: off for THUMOS, on in its ActivityNet config)
     # --- neck and heads
     neck_layer_norm: bool = True  # identity FPN: a LayerNorm per pyramid level (the release's fpn_with_ln)
     head_dim: int = 512  # channels inside both heads
@@ -78,7 +80,7 @@ class ActionFormerConfig:
                 raise BadInputError(f"{name} must be odd, got {getattr(self, name)}")
         if self.embed_dim % self.num_heads:
             raise BadInputError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
-        for name in ("embed_layer_norm", "neck_layer_norm", "head_layer_norm"):
+        for name in ("embed_layer_norm", "abs_position_embedding", "neck_layer_norm", "head_layer_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"{name} must be true or false, got {getattr(self, name)!r}")
 

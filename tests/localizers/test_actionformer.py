@@ -205,3 +205,17 @@ def test_cuda_matches_cpu(tiny):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out_bf16 = model(feats.cuda(), mask.cuda())
         model.train().loss(out_bf16, segments, labels)["loss"].backward()
+
+
+def test_absolute_position_embedding():
+    from re2tal_cli.localizers.backbone import sinusoidal_embedding
+
+    table = sinusoidal_embedding(5, 4)
+    t = torch.arange(5.0)
+    torch.testing.assert_close(table, torch.stack((t.sin(), t.cos(), (t / 100).sin(), (t / 100).cos())))
+    model = ActionFormer(8, 3, tiny_config(abs_position_embedding=True, max_seq_len=16)).eval()
+    constant = torch.ones(1, 8, 16)
+    logits = model(constant, torch.ones(1, 16, dtype=torch.bool)).cls_logits[0]
+    assert not torch.allclose(logits[0, 7], logits[0, 8])  # position now matters (both are far from the ends)
+    longer = model(torch.ones(1, 8, 32), torch.ones(1, 32, dtype=torch.bool))  # > max_seq_len: stretched table
+    assert longer.cls_logits[0].shape == (1, 32, 3)
