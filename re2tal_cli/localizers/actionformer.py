@@ -48,10 +48,6 @@ class LocalizerOutput:
     masks: list[torch.Tensor]  # (B, T_l) bool, True = valid step
     points: list[torch.Tensor]  # (T_l, 4) per step: position (feature steps), regression range low, high, stride
 
-    @property
-    def num_classes(self) -> int:
-        return self.cls_logits[0].shape[-1]
-
 
 class ActionFormer(nn.Module):
     """ActionFormer on pre-computed (or end-to-end computed) features (B, C, T); see the module docstring."""
@@ -184,12 +180,17 @@ class ActionFormer(nn.Module):
             )
 
     def _check_targets(self, segments: torch.Tensor, labels: torch.Tensor) -> None:
+        """Shapes, label range and segment order; run on the tensors as given (usually CPU: no device sync)."""
         if segments.ndim != 2 or segments.shape[1] != 2 or labels.shape != (segments.shape[0],):
             raise BadInputError(
                 f"expected segments (N, 2) and labels (N,), got {tuple(segments.shape)} and {tuple(labels.shape)}"
             )
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise BadInputError(f"labels must be integer class indices, got {labels.dtype}")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise BadInputError(f"labels must be in [0, {self.num_classes}), got {sorted(set(labels.tolist()))}")
+        if (segments[:, 1] < segments[:, 0]).any():
+            raise BadInputError(f"segments must be [start, end] with start ≤ end, got {segments.tolist()}")
 
 
 def pad_features(

@@ -143,6 +143,19 @@ def test_forward_rejects_bad_input(tiny):
         model(torch.randn(1, 8, 12), torch.ones(1, 12))
 
 
+def test_loss_rejects_bad_targets(tiny):
+    model = ActionFormer(8, 3, tiny)
+    out = model(*_batch([12]))
+    with pytest.raises(BadInputError, match=r"labels must be in \[0, 3\), got \[3\]"):
+        model.loss(out, [torch.tensor([[1.0, 4.0]])], [torch.tensor([3])])
+    with pytest.raises(BadInputError, match="start ≤ end"):
+        model.loss(out, [torch.tensor([[4.0, 1.0]])], [torch.tensor([0])])
+    with pytest.raises(BadInputError, match="integer class"):
+        model.loss(out, [torch.tensor([[1.0, 4.0]])], [torch.tensor([0.0])])
+    with pytest.raises(BadInputError, match="batch of 1"):
+        model.loss(out, [], [])
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
