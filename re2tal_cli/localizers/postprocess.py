@@ -135,21 +135,19 @@ def batched_nms(
     segments, scores, groups, index = segments[keep], scores[keep], groups[keep], keep.nonzero().squeeze(1)
     if scores.numel() == 0:
         return index, scores
-    # lay the candidates out as rows of a (G, L) table, one row per group, padded with dead entries
+    # lay the candidates out as a (G, L) table, one row per group, padded with dead entries
     group_ids, row = groups.unique(return_inverse=True)
-    by_row = torch.argsort(row, stable=True)
+    order = torch.argsort(row, stable=True)
+    row, segments, scores, index = row[order], segments[order], scores[order], index[order]
     counts = torch.bincount(row, minlength=len(group_ids))
-    starts = torch.cumsum(counts, 0) - counts
-    column = torch.arange(len(row), device=device) - starts[row[by_row]]
+    column = torch.arange(len(row), device=device) - (torch.cumsum(counts, 0) - counts)[row]  # rank within its row
     length = int(counts.max())
     table_scores = scores.new_zeros(len(group_ids), length)
     table_segments = segments.new_zeros(len(group_ids), length, 2)
     table_index = index.new_zeros(len(group_ids), length)
     alive = torch.zeros(len(group_ids), length, dtype=torch.bool, device=device)
-    table_scores[row[by_row], column] = scores[by_row]
-    table_segments[row[by_row], column] = segments[by_row]
-    table_index[row[by_row], column] = index[by_row]
-    alive[row[by_row], column] = True
+    table_scores[row, column], table_segments[row, column], table_index[row, column] = scores, segments, index
+    alive[row, column] = True
 
     rows = torch.arange(len(group_ids), device=device)
     kept_index, kept_scores = [], []

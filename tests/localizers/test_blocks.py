@@ -17,7 +17,8 @@ def _dense_reference(q, k, v, key_mask, radius):
     allowed = key_mask[:, None, None, :].clone().expand(-1, 1, t, t)
     if radius is not None:
         allowed = allowed & ((steps[:, None] - steps[None, :]).abs() <= radius)
-    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v, allowed.any(-1)  # rows with a valid key
+    # -1e30, not -inf: a row without any valid key stays finite (and is left out of the comparisons)
+    return scores.masked_fill(~allowed, -1e30).softmax(-1) @ v, allowed.any(-1)
 
 
 @pytest.mark.parametrize(("length", "radius"), [(23, 1), (23, 2), (40, 9), (7, 9), (16, 4)])
@@ -30,6 +31,18 @@ def test_windowed_attention_equals_banded_dense_attention(length, radius):
     rows = has_key[:, :, :, None].expand_as(out)
     torch.testing.assert_close(out[rows], expected[rows], rtol=0, atol=1e-12)
     assert torch.isfinite(out).all()
+
+
+def test_windowed_attention_gradients_equal_dense_ones():
+    q, k, v = torch.randn(3, 1, 2, 19, 4, dtype=torch.float64, requires_grad=True).unbind(0)
+    key_mask = torch.arange(19)[None] < 15
+    weights = torch.randn(1, 2, 19, 4, dtype=torch.float64)
+    weights[:, :, 18] = 0  # step 18 reaches no valid key: its output is discarded in the model, as here
+    grads = torch.autograd.grad((windowed_attention(q, k, v, key_mask, 3) * weights).sum(), (q, k, v))
+    dense, _ = _dense_reference(q, k, v, key_mask, 3)
+    expected = torch.autograd.grad((dense * weights).sum(), (q, k, v))
+    for grad, reference in zip(grads, expected, strict=True):
+        torch.testing.assert_close(grad, reference, rtol=0, atol=1e-12)
 
 
 def test_global_attention_equals_dense_attention():
