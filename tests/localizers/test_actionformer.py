@@ -5,7 +5,7 @@ import torch
 
 from re2tal_cli.errors import BadInputError, UnknownNameError
 from re2tal_cli.localizers import ActionFormer, ActionFormerConfig, pad_features
-from tests.localizers.conftest import tiny_config
+from tests.localizers.helpers import tiny_config
 
 
 def _batch(lengths, channels=8):

@@ -4,7 +4,7 @@ import torch
 
 from re2tal_cli.localizers import ActionFormer
 from re2tal_cli.localizers.postprocess import segment_iou
-from tests.localizers.conftest import tiny_config
+from tests.localizers.helpers import tiny_config
 
 # per sequence: (start, end, class); the feature of class c is 1 on steps start..end (inclusive), so the segment
 # [start, end] runs from the centre of its first step to the centre of its last (the module's coordinate convention)
