@@ -98,6 +98,13 @@ class ActionFormer(nn.Module):
         backprop), "cls_loss", "reg_loss", "num_positives"}, all scalar tensors. In training mode each call first
         moves the normaliser (EMA of positives) toward this batch's count; in eval mode it is used as is.
         """
+        return self.loss_from_targets(out, *self.targets(out, segments, labels))
+
+    def targets(
+        self, out: LocalizerOutput, segments: list[torch.Tensor], labels: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label assignment of a batch (arguments as `loss`): class targets (B, P, K) and offsets (B, P, 2) of every
+        point of every level (`assignment.py`). Checks the targets' values, so it reads them on the host."""
         batch = out.masks[0].shape[0]
         if len(segments) != batch or len(labels) != batch:
             raise BadInputError(f"got {len(segments)} segment and {len(labels)} label tensors for a batch of {batch}")
@@ -114,8 +121,12 @@ class ActionFormer(nn.Module):
             )
             cls_targets.append(cls_t)
             reg_targets.append(reg_t)
+        return torch.stack(cls_targets), torch.stack(reg_targets)  # (B, P, K), (B, P, 2)
+
+    def loss_from_targets(self, out: LocalizerOutput, cls_targets: torch.Tensor, reg_targets: torch.Tensor) -> dict:
+        """`loss` given the targets of `targets`: tensor operations of fixed shapes only (no host synchronisation,
+        and it runs under FakeTensorMode, which is how `re2tal memprofile` counts the localizer's memory)."""
         valid = torch.cat(out.masks, dim=1)  # (B, P)
-        cls_targets, reg_targets = torch.stack(cls_targets), torch.stack(reg_targets)  # (B, P, K), (B, P, 2)
         if self.training:
             with torch.no_grad():
                 positive_count = (valid & (cls_targets.sum(-1) > 0)).sum()

@@ -59,8 +59,13 @@ def detection_losses(
     Returns (cls_loss, reg_loss, num_positives). No host synchronisation (zero positives give reg_loss 0)."""
     num_classes = cls_logits.shape[-1]
     positive = valid & (cls_targets.sum(dim=-1) > 0)  # (B, P)
-    targets = cls_targets[valid]  # (V, K)
-    targets = targets * (1 - label_smoothing) + label_smoothing / (num_classes + 1)
-    cls_loss = sigmoid_focal_loss(cls_logits[valid], targets, focal_alpha, focal_gamma).sum() / normalizer
-    reg_loss = diou_loss_1d(offsets[positive], reg_targets[positive]).sum() / normalizer
+    # Masks select terms with torch.where, not boolean indexing: indexing would read the mask's count on the host
+    # (a device sync per step) and give shapes that depend on data. Unselected terms get zero gradient; negatives'
+    # offsets are compared with a dummy (1, 1) so that no 0/0 enters the DIoU of a term that is then dropped.
+    targets = cls_targets * (1 - label_smoothing) + label_smoothing / (num_classes + 1)
+    focal = sigmoid_focal_loss(cls_logits, targets, focal_alpha, focal_gamma)  # (B, P, K)
+    cls_loss = torch.where(valid[..., None], focal, 0.0).sum() / normalizer
+    chosen = positive[..., None]
+    diou = diou_loss_1d(torch.where(chosen, offsets, 1.0), torch.where(chosen, reg_targets, 1.0))  # (B, P)
+    reg_loss = torch.where(positive, diou, 0.0).sum() / normalizer
     return cls_loss, reg_loss, positive.sum()

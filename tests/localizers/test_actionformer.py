@@ -232,3 +232,24 @@ def test_absolute_position_embedding():
     assert not torch.allclose(logits[0, 7], logits[0, 8])  # position now matters (both are far from the ends)
     longer = model(torch.ones(1, 8, 32), torch.ones(1, 32, dtype=torch.bool))  # > max_seq_len: stretched table
     assert longer.cls_logits[0].shape == (1, 32, 3)
+
+
+def test_loss_from_targets_runs_on_fake_tensors_with_the_same_shapes(tiny):
+    """The loss after assignment has fixed shapes (no boolean indexing): it runs under FakeTensorMode, as memprofile
+    runs it, and agrees with `loss` on real tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = ActionFormer(8, 3, tiny)
+    feats, mask = _batch([32, 20])
+    segments = [torch.tensor([[2.0, 9.0], [12.0, 30.0]]), torch.zeros(0, 2)]
+    labels = [torch.tensor([0, 2]), torch.zeros(0, dtype=torch.long)]
+    out = model(feats, mask)
+    targets = model.targets(out, segments, labels)
+    model.eval()  # the normaliser stays put, so both calls divide by the same value
+    assert torch.equal(model.loss(out, segments, labels)["loss"], model.loss_from_targets(out, *targets)["loss"])
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_model = ActionFormer(8, 3, tiny)
+        fake_out = fake_model(mode.from_tensor(feats), mode.from_tensor(mask))
+        losses = fake_model.loss_from_targets(fake_out, *(mode.from_tensor(t) for t in targets))
+        losses["loss"].backward()
+    assert losses["loss"].shape == () and all(p.grad is not None for p in fake_model.parameters())
