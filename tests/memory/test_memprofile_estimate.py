@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from re2tal_cli.memory.estimate import estimate
 from re2tal_cli.memory.measure import measure
 from re2tal_cli.memory.step import StepConfig
-from re2tal_cli.models import get_arch
+from re2tal_cli.memory.tracker import StorageTracker
+from re2tal_cli.models import get_arch, swin3d
 
 
 def _numel(arch: str) -> int:
@@ -70,6 +72,37 @@ def test_long_clips_are_extrapolated_close_to_exact():
     fast, exact = estimate(c), estimate(c, exact=True)
     assert fast.extrapolated_from is not None and exact.extrapolated_from is None
     assert fast.total_peak == pytest.approx(exact.total_peak, rel=0.05)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_swin_attention_on_fake_tensors_has_the_full_loops_peaks(monkeypatch, shifted):
+    # Chunks of 5 windows (N = 32, one head): 18 windows per sample are 3 chunks of 5 and one of 3.
+    monkeypatch.setattr(swin3d, "_CHUNK_BYTES", 5 * 32 * 32 * 4)
+
+    def peaks() -> dict[str, int]:
+        with FakeTensorMode():
+            qkv = torch.empty(2, 18, 32, 3 * 16, requires_grad=True)
+            bias = torch.empty(1, 32, 32, requires_grad=True)
+            regions = torch.empty(18, 32, dtype=torch.int32) if shifted else None
+            tracker = StorageTracker(block=1)
+            with tracker:
+                tracker.phase("forward")
+                out = swin3d._WindowAttention.apply(qkv, bias, regions, 1, 0.25)
+                tracker.phase("backward")
+                out.backward(torch.empty_like(out))
+        return {phase: snap.total for phase, snap in tracker.phase_peaks.items()}
+
+    reduced = peaks()
+    monkeypatch.setattr(swin3d, "is_fake", lambda tensor: False)  # every chunk of every sample, as a real run
+    assert peaks() == reduced
+
+
+def test_swin_estimate_with_two_attention_chunks_is_the_full_loops(monkeypatch):
+    monkeypatch.setattr(swin3d, "_CHUNK_BYTES", 5 * 32 * 32 * 4)  # several chunks per sample in the first stage
+    c = StepConfig("swin3d-tiny", 8, 48, 2, "reversible", device="cpu")
+    reduced = estimate(c).to_json()
+    monkeypatch.setattr(swin3d, "is_fake", lambda tensor: False)
+    assert estimate(c).to_json() | {"seconds": 0} == reduced | {"seconds": 0}
 
 
 def test_estimate_matches_a_measured_cpu_run():
