@@ -64,15 +64,19 @@ def main() -> int:
 
     names = {a.name for a in list_archs()}
     big = args.big_arch if args.big_arch in names else "vit-l"
+    load = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
     lines = []
     for wiring in WIRINGS:
         e = estimate(StepConfig(big, 1024, 224, 2, wiring))
-        lines.append(f"  {wiring.value:10s} peak {e.total_peak / 2**30:7.1f} GiB ({e.peak_phase}), {e.seconds:.1f} s")
+        lines.append(
+            f"  {wiring.value:10s} peak {e.total_peak / 2**30:7.2f} GiB ({e.peak_phase}), {e.seconds:.1f} s, "
+            f"{e.operators} operators"
+        )
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     print(
         f"\n{big} 1024×224², batch 2, all three wirings: {wall:.1f} s wall, {cpu:.1f} s CPU "
-        f"(imports {import_seconds:.1f} s)"
+        f"(imports {import_seconds:.1f} s; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after)"
     )
     print("\n".join(lines))
     print(f"max RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")

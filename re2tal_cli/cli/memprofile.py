@@ -44,7 +44,6 @@ def main(
     max_: Annotated[
         str | None, typer.Option("--max", help="With --gpu/--gpu-mem: the largest frames or batch that fits.")
     ] = None,
-    exact: Annotated[bool, typer.Option(help="Estimate long clips exactly instead of extrapolating (slower).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON, with every component.")] = False,
 ) -> None:
     """Will this training configuration fit my GPU? Estimate (and measure) plain vs checkpoint vs reversible."""
@@ -89,14 +88,14 @@ def main(
     if sweep is not None:
         _sweep(base, sweep, wirings, target, plot, as_json)
         return
-    report = _profile(base, wirings, target, measure, max_, exact)
+    report = _profile(base, wirings, target, measure, max_)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
         _render(report)
 
 
-def _profile(base, wirings, target, measure: bool, max_: str | None, exact: bool) -> dict:
+def _profile(base, wirings, target, measure: bool, max_: str | None) -> dict:
     from dataclasses import replace
 
     from re2tal_cli.memory import gpus
@@ -107,7 +106,7 @@ def _profile(base, wirings, target, measure: bool, max_: str | None, exact: bool
     rows = []
     for w in wirings:
         config = replace(base, wiring=w)
-        e = estimate(config, exact=exact)
+        e = estimate(config)
         row = {"wiring": w.value, "estimate": e.to_json()}
         if target is not None:
             v = gpus.verdict(e.total_peak, target)
@@ -268,11 +267,8 @@ def _render(report: dict) -> None:
         table.add_row("measured peak", *(_gib(r["measured"]["peak"]) for r in rows))
         table.add_row("estimate error", *(f"{100 * r['relative_error']:+.1f} %" for r in rows))
     Console().print(table)
-    notes = {n for e in ests for n in e["notes"]}
     if any("measured" in r for r in rows):
-        notes.add(f"measured with {rows[0]['measured']['method']} on {rows[0]['measured']['device']}")
-    for n in sorted(notes):
-        Console().print(f"note: {n}")
+        Console().print(f"note: measured with {rows[0]['measured']['method']} on {rows[0]['measured']['device']}")
 
 
 def _verdict_cell(v: dict) -> str:

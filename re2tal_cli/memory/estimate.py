@@ -11,14 +11,17 @@ cannot see: memory a kernel allocates inside itself (cuDNN/cuBLAS workspaces, on
 the caching allocator's fragmentation (reserved − allocated). Those are what `gpus.py`'s usable memory and the
 verdict's margin are for. Under autocast the CPU autocast op lists stand in for CUDA's (they agree on the matmul-like
 ops that hold most activations).
+
+Cost: a fake run costs per operator (≈ 0.1 ms under `FakeTensorMode`), not per byte, and no backbone's operator count
+grows with the clip (Swin's attention, which loops over chunks of windows, runs one chunk of each length on fake
+tensors), so a 2×1024×224² step is estimated as fast as a 1×16×224² one and every configuration runs exactly.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -59,9 +62,8 @@ class Estimate:
     phases: dict[str, PhasePeak]  # forward / backward / optimizer peaks
     peak: PhasePeak
     peak_phase: str
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    extrapolated_from: tuple[int, int] | None = None  # (T₁, T₂) of the B=1 probes, when extrapolated
+    seconds: float  # what the estimate took
+    operators: int  # operators it dispatched on fake tensors (what `seconds` is proportional to)
 
     @property
     def total_peak(self) -> int:
@@ -94,83 +96,16 @@ class Estimate:
             "peak_components": self.peak.components,
             "phases": {k: {"peak": v.total, "components": v.components} for k, v in self.phases.items()},
             "seconds": round(self.seconds, 3),
-            "extrapolated_from_frames": list(self.extrapolated_from) if self.extrapolated_from else None,
-            "notes": self.notes,
+            "operators": self.operators,
         }
 
 
-def estimate(
-    config: StepConfig, head: HeadFactory | None = None, block: int | None = None, exact: bool = False
-) -> Estimate:
+def estimate(config: StepConfig, head: HeadFactory | None = None, block: int | None = None) -> Estimate:
     """The memory of one training step of `config`, by component, in seconds and without allocating it.
 
     `block`: allocator granularity; default 512 B for CUDA (its caching allocator's smallest block), exact bytes for
     CPU. `head`: a localizer head factory, called with the backbone's channel count.
-
-    Long clips: the cost of a fake run is per operator, and some backbones loop over chunks of windows (Swin's
-    attention), so their operator count grows with B·T. Beyond `2·T₂` clip frames (B·T) the estimate runs two
-    exact probes at B=1, T₁ and T₂ = 2·T₁ and extrapolates every component linearly in B·T — memory of these
-    backbones is affine in B·T at fixed size (activations ∝ B·T; model states and per-chunk scratch constant);
-    `exact=True` runs the full configuration instead.
     """
-    start = time.perf_counter()
-    with torch.device("meta"):
-        probe_model, _ = build_model(config)
-    check_input_shape(config, probe_model)
-    t1 = math.lcm(probe_model.min_frames, PROBE_FRAMES)
-    t2 = 2 * t1
-    if exact or config.batch * config.frames <= 2 * t2:
-        result = _estimate_exact(config, head, block)
-    else:
-        e1 = _estimate_exact(replace(config, batch=1, frames=t1), head, block)
-        e2 = _estimate_exact(replace(config, batch=1, frames=t2), head, block)
-        result = _extrapolate(config, e1, e2, t1, t2)
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-PROBE_FRAMES = 16  # T₁ of the probes (rounded up to the backbone's frame multiple); T₂ = 2·T₁
-
-
-def _extrapolate(config: StepConfig, e1: Estimate, e2: Estimate, x1: int, x2: int) -> Estimate:
-    x = config.batch * config.frames
-
-    def line(a, b):
-        if isinstance(a, dict):
-            return {k: line(a.get(k, 0), b.get(k, 0)) for k in a.keys() | b.keys()}
-        if isinstance(a, list):
-            return [line(u, v) for u, v in zip(a, b, strict=True)]
-        return max(0, round(a + (b - a) * (x - x1) / (x2 - x1)))
-
-    phases = {
-        k: PhasePeak(
-            line(e1.phases[k].total, e2.phases[k].total), line(e1.phases[k].components, e2.phases[k].components)
-        )
-        for k in e1.phases
-    }
-    peak_phase = max(phases, key=lambda k: phases[k].total)
-    return Estimate(
-        config=config,
-        block=e1.block,
-        parameter_count=e1.parameter_count,
-        parameters=e1.parameters,
-        buffers=e1.buffers,
-        gradients=e1.gradients,
-        optimizer_state=e1.optimizer_state,
-        persistent=line(e1.persistent, e2.persistent),
-        input=line(e1.input, e2.input),
-        activations=line(e1.activations, e2.activations),
-        stage_activations=line(e1.stage_activations, e2.stage_activations),
-        backward_working_set=line(e1.backward_working_set, e2.backward_working_set),
-        phases=phases,
-        peak=phases[peak_phase],
-        peak_phase=peak_phase,
-        notes=[f"extrapolated linearly in clip frames B·T from exact estimates at B=1, T={x1} and T={x2}"],
-        extrapolated_from=(x1, x2),
-    )
-
-
-def _estimate_exact(config: StepConfig, head: HeadFactory | None, block: int | None) -> Estimate:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     start = time.perf_counter()
@@ -178,6 +113,7 @@ def _estimate_exact(config: StepConfig, head: HeadFactory | None, block: int | N
     with torch.device("meta"):
         backbone, _ = build_model(config)
         head_module = head(backbone.out_channels) if head is not None else None
+    check_input_shape(config, backbone)
     owners = {"backbone": backbone} | ({"head": head_module} if head_module is not None else {})
     stages = backbone.residual_stages()
 
@@ -187,8 +123,10 @@ def _estimate_exact(config: StepConfig, head: HeadFactory | None, block: int | N
             module.train()
         s = setup(config, backbone, head_module)
         tracker = t.StorageTracker(block, t.cpu_kernel_workspace if config.device == "cpu" else None)
+        owner_of = {}  # id of a parameter → backbone / head
         for owner, module in owners.items():
             for p in module.parameters():
+                owner_of[id(p)] = owner
                 tracker.track(p, t.PARAMETERS, owner)
                 p.register_post_accumulate_grad_hook(_grad_hook(tracker, owner))
             for b in module.buffers():
@@ -199,16 +137,14 @@ def _estimate_exact(config: StepConfig, head: HeadFactory | None, block: int | N
                 # Warm-up: the optimizer creates its state at its first step. Only the optimizer runs (on zero
                 # gradients): a full warm-up step would double the cost and change nothing the second step sees
                 # but caches a forward keeps (e.g. a position table), which the second step then counts as made.
-                params = [p for p in s.optimizer.param_groups[0]["params"]]
-                for p in params:
+                for p in s.optimizer.param_groups[0]["params"]:
                     p.grad = torch.zeros_like(p)
                 s.optimizer.step()
                 s.optimizer.zero_grad(set_to_none=True)
                 for p, state in s.optimizer.state.items():
-                    owner = "backbone" if any(p is q for q in backbone.parameters()) else "head"
                     for value in state.values():
                         if isinstance(value, torch.Tensor):
-                            tracker.track(value, t.OPTIMIZER_STATE, owner)
+                            tracker.track(value, t.OPTIMIZER_STATE, owner_of[id(p)])
                 for category in (t.ACTIVATIONS, t.BACKWARD_TEMPORARIES, t.OPTIMIZER_TEMPORARIES, t.PERSISTENT):
                     tracker.retag(category, t.PERSISTENT)
                 tracker.reset_peaks()
@@ -246,6 +182,7 @@ def _report(config, block, tracker: t.StorageTracker, owners: dict[str, nn.Modul
         peak=phases[peak_phase],
         peak_phase=peak_phase,
         seconds=seconds,
+        operators=tracker.operators,
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from re2tal_cli.errors import BadInputError
-from re2tal_cli.memory.estimate import Estimate, HeadFactory, _estimate_exact, estimate
+from re2tal_cli.memory.estimate import Estimate, HeadFactory, estimate
 from re2tal_cli.memory.gpus import FRAGMENTATION, Gpu
 from re2tal_cli.memory.step import StepConfig, WiringName, build_model
 from re2tal_cli.models import get_arch, list_archs
@@ -77,16 +77,17 @@ def max_fitting(
     """The largest frame count (a multiple of the backbone's) or batch whose estimated peak keeps the fragmentation
     margin below the GPU's usable memory; (0, None) when not even the smallest fits.
 
-    Memory is affine in clip frames B·T (see `estimate`): two B=1 probes give each phase's line, the line gives the
-    candidate, and an estimate at the candidate confirms it (stepping down while it does not fit)."""
+    Memory is close to affine in clip frames B·T (activations grow with it, model states do not): two B=1 estimates
+    give each phase's line, the line gives the candidate, and an estimate at the candidate confirms it (stepping down
+    while it does not fit)."""
     if what not in ("frames", "batch"):
         raise BadInputError(f"--max must be frames or batch, got {what!r}")
     limit = gpu.usable_bytes * (1 - FRAGMENTATION)
     with torch.device("meta"):
         m = build_model(config)[0].min_frames
     t1 = math.lcm(m, 16)
-    e1 = _estimate_exact(replace(config, batch=1, frames=t1), head, None)
-    e2 = _estimate_exact(replace(config, batch=1, frames=2 * t1), head, None)
+    e1 = estimate(replace(config, batch=1, frames=t1), head)
+    e2 = estimate(replace(config, batch=1, frames=2 * t1), head)
     x_max = math.inf
     for phase in e1.phases:
         a, b = e1.phases[phase].total, e2.phases[phase].total

@@ -85,6 +85,7 @@ class StorageTracker(TorchDispatchMode, Observer):
         self._key_of: dict[int, int] = {}  # id of the storage's Python object → key
         self._live: dict[tuple[str, str], int] = defaultdict(int)
         self.total = 0
+        self.operators = 0  # dispatched so far: what a fake run's time is proportional to
         self._phase = "idle"
         self._scopes: list[str] = []
         self.peak = Snapshot()
@@ -135,6 +136,7 @@ class StorageTracker(TorchDispatchMode, Observer):
     # --- the dispatch hook --------------------------------------------------------------------------------------
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.operators += 1
         if func is torch.ops.aten._local_scalar_dense.default and _is_fake(args[0]):
             # `.item()` on a fake tensor has no value. Its reader here is the optimizer's step count (divided by:
             # must not be 0); the reversible backward skips its numerical check on fake tensors.
