@@ -16,7 +16,6 @@ what sets a reversible network's peak memory, and an explicit attention matrix w
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -81,12 +80,15 @@ def relative_position_index(window: Size3) -> torch.Tensor:
 def _region_ids(padded: Size3, window: Size3, shift: Size3) -> torch.Tensor:
     """(nW, N) region label of each token of each shifted window; tokens attend only within their region.
 
-    The regions are the references' slices (0, −W), (−W, −S), (−S, end) per axis on the padded, shifted grid."""
-    ids = torch.zeros(padded, dtype=torch.int32)
-    for n, (d, h, w) in enumerate(
-        itertools.product(*(((0, -win), (-win, -s), (-s, None)) for win, s in zip(window, shift, strict=True)))
-    ):
-        ids[d[0] : d[1], h[0] : h[1], w[0] : w[1]] = n
+    The regions are the references' slices [0, L−W), [L−W, L−S), [L−S, L) per axis of the padded, shifted grid: a
+    token's label along an axis counts the boundaries L−W and L−S at or before it. (Along an unshifted axis the
+    references make the whole axis one region and this makes [0, L−W) and [L−W, L): no window straddles L−W, so the
+    windows' masks are the same.)"""
+    labels = [
+        (torch.arange(n, dtype=torch.int32) >= n - win).int() + (torch.arange(n, dtype=torch.int32) >= n - s).int()
+        for n, win, s in zip(padded, window, shift, strict=True)
+    ]
+    ids = (labels[0][:, None, None] * 9 + labels[1][:, None] * 3) + labels[2]  # (D, H, W), labels 0…26
     return _partition(ids[None, ..., None], window)[0, ..., 0]  # (nW, N)
 
 
@@ -216,16 +218,15 @@ def _softmax_(s: torch.Tensor) -> torch.Tensor:
 def _chunks(qkv: torch.Tensor, bytes_per_window: int):
     """(sample, first window, end window) slices of qkv (B, nW, N, 3C) with a bounded amount of scores each.
 
-    On fake tensors (memprofile's estimate: shapes, no values) only the first and the last chunk of the first sample
-    run. A chunk's storages depend on its length alone and none outlives its iteration, so every other chunk would
-    repeat one of theirs: the estimate's accounting is the full loop's, and its cost (per operator) no longer grows
-    with the input."""
+    On fake tensors (memprofile's estimate: shapes, no values) only the first chunk runs. Every chunk frees what it
+    allocates before the next begins, and none allocates more than the first (the last may be shorter), so the
+    estimate's peaks are the full loop's, and its cost (per operator) does not grow with the input."""
     batch, windows = qkv.shape[:2]
     budget = max(_CHUNK_BYTES, qkv.numel() * qkv.element_size() // 12)  # qkv is three token tensors
     step = max(1, budget // bytes_per_window)
     starts = range(0, windows, step)
     if is_fake(qkv):
-        batch, starts = 1, sorted({starts[0], starts[-1]})
+        batch, starts = 1, starts[:1]
     for i in range(batch):
         for w0 in starts:
             yield i, w0, min(w0 + step, windows)
