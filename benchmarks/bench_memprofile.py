@@ -7,7 +7,9 @@
 Every measurement runs in its own subprocess (`re2tal_cli.memory.measure`): on CPU the peak of torch's CPU allocator
 (profiler memory events), on CUDA `torch.cuda.max_memory_allocated`. The estimate models the same device's allocator
 (CPU: exact bytes; CUDA: 512-B blocks). Then the time to estimate swin3d-b (or the largest arch there is) at
-1024×224², batch 2, all three wirings, in this process (imports excluded, listed apart).
+1024×224², batch 2, all three wirings, as `re2tal memprofile` does (`estimate_all`), in this process: imports
+excluded and listed apart; with --timing-only the first estimate includes what FakeTensorMode imports on first use
+(torch._dynamo, about 1 s), as the command's does. The load average is printed beside it (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    from re2tal_cli.memory.estimate import estimate
+    from re2tal_cli.memory.estimate import estimate, estimate_all
     from re2tal_cli.memory.measure import measure
     from re2tal_cli.memory.step import WIRINGS, StepConfig
     from re2tal_cli.models import list_archs
@@ -66,13 +68,11 @@ def main() -> int:
     big = args.big_arch if args.big_arch in names else "vit-l"
     load = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
-    lines = []
-    for wiring in WIRINGS:
-        e = estimate(StepConfig(big, 1024, 224, 2, wiring))
-        lines.append(
-            f"  {wiring.value:10s} peak {e.total_peak / 2**30:7.2f} GiB ({e.peak_phase}), {e.seconds:.1f} s, "
-            f"{e.operators} operators"
-        )
+    lines = [
+        f"  {e.config.wiring.value:10s} peak {e.total_peak / 2**30:7.2f} GiB ({e.peak_phase}), {e.seconds:.1f} s, "
+        f"{e.operators} operators"
+        for e in estimate_all([StepConfig(big, 1024, 224, 2, wiring) for wiring in WIRINGS])
+    ]
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     print(
         f"\n{big} 1024×224², batch 2, all three wirings: {wall:.1f} s wall, {cpu:.1f} s CPU "

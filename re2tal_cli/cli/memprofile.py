@@ -99,15 +99,14 @@ def _profile(base, wirings, target, measure: bool, max_: str | None) -> dict:
     from dataclasses import replace
 
     from re2tal_cli.memory import gpus
-    from re2tal_cli.memory.estimate import estimate
+    from re2tal_cli.memory.estimate import estimate_all
     from re2tal_cli.memory.measure import measure as run_measure
     from re2tal_cli.memory.sweep import max_fitting
 
+    configs = [replace(base, wiring=w) for w in wirings]
     rows = []
-    for w in wirings:
-        config = replace(base, wiring=w)
-        e = estimate(config)
-        row = {"wiring": w.value, "estimate": e.to_json()}
+    for config, e in zip(configs, estimate_all(configs), strict=True):
+        row = {"wiring": config.wiring.value, "estimate": e.to_json()}
         if target is not None:
             v = gpus.verdict(e.total_peak, target)
             row["gpu"] = {"verdict": v.label, "headroom_bytes": v.headroom, "usable_bytes": v.usable}

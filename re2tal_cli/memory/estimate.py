@@ -20,7 +20,7 @@ tensors), so a 2×1024×224² step is estimated as fast as a 1×16×224² one an
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +28,7 @@ from torch import nn
 
 from re2tal_cli.errors import BadInputError
 from re2tal_cli.memory import tracker as t
-from re2tal_cli.memory.step import StepConfig, build_model, check_input_shape, setup, train_step
+from re2tal_cli.memory.step import StepConfig, TrainingSetup, build_model, check_input_shape, setup, train_step
 
 HeadFactory = Callable[[int], nn.Module]  # backbone out_channels → a localizer head (ActionFormer, with train-tal)
 
@@ -106,59 +106,123 @@ def estimate(config: StepConfig, head: HeadFactory | None = None, block: int | N
     `block`: allocator granularity; default 512 B for CUDA (its caching allocator's smallest block), exact bytes for
     CPU. `head`: a localizer head factory, called with the backbone's channel count.
     """
+    return estimate_all([config], head, block)[0]
+
+
+def estimate_all(
+    configs: Sequence[StepConfig], head: HeadFactory | None = None, block: int | None = None
+) -> list[Estimate]:
+    """`estimate` of each configuration, making what they share once.
+
+    Every step of one architecture, optimizer and device starts from the same state, whatever its wiring, clip,
+    batch, precision or drop-path: the parameters and buffers, and the optimizer's state after its warm-up. Making
+    that state (materialising the fake tensors, warming the optimizer up) is about a quarter of an estimate, so it is
+    made once; each step then runs on a module of its own (its wiring, its caches) given those very tensors, under a
+    tracker that starts from what the warm-up left live: the estimates are those of separate runs. An estimate's
+    `seconds` and `operators` include the shared work when it did it.
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    start = time.perf_counter()
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)  # one for all: the shared tensors are its own
+    warm_starts: dict[tuple, _WarmStart] = {}
+    results = []
+    for config in configs:
+        start = time.perf_counter()
+        with torch.device("meta"):
+            backbone, _ = build_model(config)
+            head_module = head(backbone.out_channels).train() if head is not None else None
+        check_input_shape(config, backbone)
+        owners = {"backbone": backbone} | ({"head": head_module} if head_module is not None else {})
+        key = (config.arch, config.optimizer, config.device)
+        warm = warm_starts.get(key)
+        shared_operators = 0
+        with fake_mode:
+            if warm is None:
+                warm = warm_starts[key] = _warm_start(config, owners, block)
+                shared_operators = warm.tracker.operators
+            else:
+                for name, module in owners.items():
+                    _share_tensors(module, warm.modules[name])
+            result = _estimate_step(config, owners, warm)
+        result.seconds = time.perf_counter() - start
+        result.operators += shared_operators
+        results.append(result)
+    return results
+
+
+@dataclass
+class _WarmStart:
+    """Where every step of one architecture, optimizer and device starts: the fake parameters and buffers of
+    `modules`, the optimizer warmed up on them, and a tracker holding what is then live, by category."""
+
+    modules: dict[str, nn.Module]
+    optimizer: torch.optim.Optimizer
+    tracker: t.StorageTracker
+
+
+def _warm_start(config: StepConfig, owners: dict[str, nn.Module], block: int | None) -> _WarmStart:
+    """Materialise `owners` as fake CPU tensors and warm their optimizer up: it creates its state at its first step.
+    Only the optimizer runs (on zero gradients): a full warm-up step would double the cost and change nothing the
+    reported step sees but caches a forward keeps (e.g. a position table), which that step then counts as made."""
     block = block if block is not None else (512 if config.device == "cuda" else 1)
-    with torch.device("meta"):
-        backbone, _ = build_model(config)
-        head_module = head(backbone.out_channels) if head is not None else None
-    check_input_shape(config, backbone)
-    owners = {"backbone": backbone} | ({"head": head_module} if head_module is not None else {})
-    stages = backbone.residual_stages()
-
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        for module in owners.values():
-            module.to_empty(device="cpu")
-            module.train()
-        s = setup(config, backbone, head_module)
-        tracker = t.StorageTracker(block, t.cpu_kernel_workspace if config.device == "cpu" else None)
-        owner_of = {}  # id of a parameter → backbone / head
-        for owner, module in owners.items():
-            for p in module.parameters():
-                owner_of[id(p)] = owner
-                tracker.track(p, t.PARAMETERS, owner)
-                p.register_post_accumulate_grad_hook(_grad_hook(tracker, owner))
-            for b in module.buffers():
-                tracker.track(b, t.BUFFERS, owner)
-        handles = [h for i, stage in enumerate(stages) for h in _stage_scope_hooks(tracker, stage, f"stage{i}")]
-        try:
-            with tracker:
-                # Warm-up: the optimizer creates its state at its first step. Only the optimizer runs (on zero
-                # gradients): a full warm-up step would double the cost and change nothing the second step sees
-                # but caches a forward keeps (e.g. a position table), which the second step then counts as made.
-                for p in s.optimizer.param_groups[0]["params"]:
-                    p.grad = torch.zeros_like(p)
-                s.optimizer.step()
-                s.optimizer.zero_grad(set_to_none=True)
-                for p, state in s.optimizer.state.items():
-                    for value in state.values():
-                        if isinstance(value, torch.Tensor):
-                            tracker.track(value, t.OPTIMIZER_STATE, owner_of[id(p)])
-                for category in (t.ACTIVATIONS, t.BACKWARD_TEMPORARIES, t.OPTIMIZER_TEMPORARIES, t.PERSISTENT):
-                    tracker.retag(category, t.PERSISTENT)
-                tracker.reset_peaks()
-                try:
-                    train_step(s, "cpu", tracker)  # the steady state we report
-                except (RuntimeError, ValueError) as error:
-                    raise _shape_error(config, error) from error
-        finally:
-            for h in handles:
-                h.remove()
-    return _report(config, block, tracker, owners, len(stages), time.perf_counter() - start)
+    for module in owners.values():
+        module.to_empty(device="cpu")
+    optimizer = setup(config, owners["backbone"], owners.get("head")).optimizer
+    tracker = t.StorageTracker(block, t.cpu_kernel_workspace if config.device == "cpu" else None)
+    owner_of = {}  # id of a parameter → backbone / head
+    for owner, module in owners.items():
+        for p in module.parameters():
+            owner_of[id(p)] = owner
+            tracker.track(p, t.PARAMETERS, owner)
+        for b in module.buffers():
+            tracker.track(b, t.BUFFERS, owner)
+    with tracker:
+        for p in optimizer.param_groups[0]["params"]:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    for p, state in optimizer.state.items():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                tracker.track(value, t.OPTIMIZER_STATE, owner_of[id(p)])
+    for category in (t.ACTIVATIONS, t.BACKWARD_TEMPORARIES, t.OPTIMIZER_TEMPORARIES, t.PERSISTENT):
+        tracker.retag(category, t.PERSISTENT)
+    return _WarmStart(owners, optimizer, tracker)
 
 
-def _report(config, block, tracker: t.StorageTracker, owners: dict[str, nn.Module], n_stages: int, seconds: float):
+def _share_tensors(module: nn.Module, source: nn.Module) -> None:
+    """Give `module` the very parameters and buffers of `source`, a module built the same way (so the optimizer's
+    state and the tracker's records are theirs too)."""
+    for m, src in zip(module.modules(), source.modules(), strict=True):
+        for name, tensor in [*src.named_parameters(recurse=False), *src.named_buffers(recurse=False)]:
+            setattr(m, name, tensor)
+
+
+def _estimate_step(config: StepConfig, owners: dict[str, nn.Module], warm: _WarmStart) -> Estimate:
+    """The steady-state step of `config` on `owners` (holding the warm start's tensors), tracked from its state."""
+    start = time.perf_counter()
+    stages = owners["backbone"].residual_stages()
+    s = TrainingSetup(config, owners["backbone"], owners.get("head"), warm.optimizer)
+    tracker = warm.tracker.copy()
+    handles = [
+        p.register_post_accumulate_grad_hook(_grad_hook(tracker, owner))
+        for owner, module in owners.items()
+        for p in module.parameters()
+    ]
+    handles += [h for i, stage in enumerate(stages) for h in _stage_scope_hooks(tracker, stage, f"stage{i}")]
+    try:
+        with tracker:
+            train_step(s, "cpu", tracker)
+    except (RuntimeError, ValueError) as error:
+        raise _shape_error(config, error) from error
+    finally:
+        for h in handles:
+            h.remove()
+        warm.optimizer.zero_grad(set_to_none=True)  # the next step starts, as this one did, without gradients
+    return _report(config, tracker, owners, len(stages), time.perf_counter() - start)
+
+
+def _report(config, tracker: t.StorageTracker, owners: dict[str, nn.Module], n_stages: int, seconds: float):
     fwd_end = tracker.at_phase_start["backward"]  # live at the end of the forward: what backward will read
     bwd_end = tracker.at_phase_start["optimizer"]
     bwd_peak = tracker.phase_peaks["backward"]
@@ -167,7 +231,7 @@ def _report(config, block, tracker: t.StorageTracker, owners: dict[str, nn.Modul
     peak_phase = max(phases, key=lambda k: phases[k].total)
     return Estimate(
         config=config,
-        block=block,
+        block=tracker.block,
         parameter_count={k: sum(p.numel() for p in m.parameters()) for k, m in owners.items()},
         parameters={k: fwd_end.get(t.PARAMETERS, k) for k in names},
         buffers=fwd_end.get(t.BUFFERS),

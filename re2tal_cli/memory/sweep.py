@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from re2tal_cli.errors import BadInputError
-from re2tal_cli.memory.estimate import Estimate, HeadFactory, estimate
+from re2tal_cli.memory.estimate import Estimate, HeadFactory, estimate, estimate_all
 from re2tal_cli.memory.gpus import FRAGMENTATION, Gpu
 from re2tal_cli.memory.step import StepConfig, WiringName, build_model
 from re2tal_cli.models import get_arch, list_archs
@@ -67,7 +67,8 @@ def sweep_points(config: StepConfig, axis: SweepAxis) -> list[tuple[str, float, 
 
 def sweep(config: StepConfig, axis: SweepAxis, wirings: list[WiringName], head: HeadFactory | None = None) -> Series:
     points = sweep_points(config, axis)
-    estimates = {w.value: [estimate(replace(c, wiring=w), head) for _, _, c in points] for w in wirings}
+    flat = iter(estimate_all([replace(c, wiring=w) for w in wirings for _, _, c in points], head))
+    estimates = {w.value: [next(flat) for _ in points] for w in wirings}
     return Series(SweepAxis(axis), [p[0] for p in points], [p[1] for p in points], estimates)
 
 
@@ -86,8 +87,7 @@ def max_fitting(
     with torch.device("meta"):
         m = build_model(config)[0].min_frames
     t1 = math.lcm(m, 16)
-    e1 = estimate(replace(config, batch=1, frames=t1), head)
-    e2 = estimate(replace(config, batch=1, frames=2 * t1), head)
+    e1, e2 = estimate_all([replace(config, batch=1, frames=t1), replace(config, batch=1, frames=2 * t1)], head)
     x_max = math.inf
     for phase in e1.phases:
         a, b = e1.phases[phase].total, e2.phases[phase].total

@@ -113,6 +113,17 @@ class StorageTracker(TorchDispatchMode, Observer):
         self.phase_peaks = {}
         self.at_phase_start = {}
 
+    def copy(self) -> StorageTracker:
+        """A tracker that starts from this one's live storages (their categories and owners) with fresh peaks: one
+        starting point for several steps."""
+        other = StorageTracker(self.block, self.workspace)
+        for key, record in self._records.items():
+            storage = self._refs[key]()
+            if storage is not None:
+                other._add(storage, record.category, record.owner)
+        other.reset_peaks()
+        return other
+
     def snapshot(self) -> Snapshot:
         return Snapshot(self.total, {k: v for k, v in self._live.items() if v})
 

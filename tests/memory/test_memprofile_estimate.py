@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from re2tal_cli.memory.estimate import estimate
+from re2tal_cli.memory import tracker as t
+from re2tal_cli.memory.estimate import estimate, estimate_all
 from re2tal_cli.memory.measure import measure
 from re2tal_cli.memory.step import StepConfig
 from re2tal_cli.memory.tracker import StorageTracker
@@ -110,6 +112,44 @@ def test_swin_estimate_with_two_attention_chunks_is_the_full_loops(monkeypatch):
     assert reduced.operators < full.operators
     cost = {"seconds": 0, "operators": 0}
     assert reduced.to_json() | cost == full.to_json() | cost
+
+
+class _TinyHead(nn.Module):
+    """A head with a parameter, a buffer and a non-persistent buffer (localizers have each)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(channels, 2)
+        self.register_buffer("scale", torch.ones(2))
+        self.register_buffer("offset", torch.zeros(2), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, C, T) → the loss
+        return (self.proj(features.transpose(1, 2)) * self.scale + self.offset).square().mean()
+
+
+def test_estimates_made_together_are_those_made_apart():
+    # Together, configurations of one arch, optimizer and device share their parameters and warmed-up optimizer.
+    configs = [StepConfig("swin3d-tiny", 8, 32, 1, w, device="cpu") for w in ("plain", "checkpoint", "reversible")]
+    configs += [
+        StepConfig("swin3d-tiny", 16, 48, 2, "reversible", amp="bf16", drop_path=0.0, device="cpu"),
+        StepConfig("vit-tiny", 8, 32, 2, "plain", optimizer="sgd"),
+        StepConfig("vit-tiny", 4, 64, 1, "reversible", optimizer="sgd"),
+    ]
+    cost = {"seconds": 0, "operators": 0}
+    for config, together in zip(configs, estimate_all(configs, head=_TinyHead), strict=True):
+        assert together.to_json() | cost == estimate(config, head=_TinyHead).to_json() | cost
+
+
+def test_a_tracker_copy_starts_from_the_live_storages_and_follows_them():
+    with FakeTensorMode():
+        tracker = StorageTracker(block=512)
+        weights, moments = torch.empty(100), torch.empty(1000)
+        tracker.track(weights, t.PARAMETERS, "backbone")
+        tracker.track(moments, t.OPTIMIZER_STATE, "backbone")
+        copy = tracker.copy()
+        assert copy.snapshot() == tracker.snapshot() and copy.total == 512 + 4096
+        del moments
+        assert copy.snapshot() == tracker.snapshot() and copy.total == 512
 
 
 def test_estimate_matches_a_measured_cpu_run():
