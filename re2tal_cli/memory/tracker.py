@@ -148,6 +148,8 @@ class StorageTracker(TorchDispatchMode, Observer):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.operators += 1
+        if func is torch.ops.prim.device.default:  # C++ asking a fake tensor its device (most calls): no storage
+            return func(*args)
         if func is torch.ops.aten._local_scalar_dense.default and _is_fake(args[0]):
             # `.item()` on a fake tensor has no value. Its reader here is the optimizer's step count (divided by:
             # must not be 0); the reversible backward skips its numerical check on fake tensors.
