@@ -12,21 +12,28 @@ the caching allocator's fragmentation (reserved − allocated). Those are what `
 verdict's margin are for. Under autocast the CPU autocast op lists stand in for CUDA's (they agree on the matmul-like
 ops that hold most activations).
 
-Cost: a fake run costs per operator (≈ 0.1 ms under `FakeTensorMode`), not per byte, and no backbone's operator count
-grows with the clip (Swin's attention, which loops over chunks of windows, runs one chunk of each length on fake
+Cost: a fake run costs per operator (≈ 0.07 ms under `FakeTensorMode`), not per byte, and no backbone's operator
+count grows with the clip (Swin's attention, which loops over chunks of windows, runs only its first chunk on fake
 tensors), so a 2×1024×224² step is estimated as fast as a 1×16×224² one and every configuration runs exactly.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
+import os
+import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-from re2tal_cli.errors import BadInputError
+from re2tal_cli.errors import BadInputError, Re2talError
 from re2tal_cli.memory import tracker as t
 from re2tal_cli.memory.step import StepConfig, TrainingSetup, build_model, check_input_shape, setup, train_step
 
@@ -110,44 +117,49 @@ def estimate(config: StepConfig, head: HeadFactory | None = None, block: int | N
 
 
 def estimate_all(
-    configs: Sequence[StepConfig], head: HeadFactory | None = None, block: int | None = None
+    configs: Sequence[StepConfig], head: HeadFactory | None = None, block: int | None = None, workers: int | None = None
 ) -> list[Estimate]:
-    """`estimate` of each configuration, making what they share once.
+    """`estimate` of each configuration, making what they share once and their steps in parallel.
 
     Every step of one architecture, optimizer and device starts from the same state, whatever its wiring, clip,
-    batch, precision or drop-path: the parameters and buffers, and the optimizer's state after its warm-up. Making
-    that state (materialising the fake tensors, warming the optimizer up) is about a quarter of an estimate, so it is
-    made once; each step then runs on a module of its own (its wiring, its caches) given those very tensors, under a
-    tracker that starts from what the warm-up left live: the estimates are those of separate runs. An estimate's
-    `seconds` and `operators` include the shared work when it did it.
-    """
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    batch, precision or drop-path: the parameters and buffers, and the optimizer's state after its warm-up. That state
+    (materialising the fake tensors, warming the optimizer up: about a quarter of an estimate) is made once; each step
+    then runs on a module of its own (its wiring, its caches) given those very tensors, under a tracker that starts
+    from what the warm-up left live, so the estimates are those of separate runs.
 
+    A step on fake tensors is one Python thread's work, so the steps run in up to `workers` processes at once,
+    forked after the warm start. By default that is twice the usable CPUs (steps differ in length, a reversible one
+    is about twice a plain one) on Linux with more than one CPU; elsewhere the steps run one after the other in this
+    process. An estimate's `seconds` and `operators` are its step's, plus the shared work's for the first
+    configuration of its group.
+    """
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)  # one for all: the shared tensors are its own
-    warm_starts: dict[tuple, _WarmStart] = {}
-    results = []
-    for config in configs:
+    owners = [_build(config, head) for config in configs]  # every input shape checked before any work
+    groups: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault((config.arch, config.optimizer, config.device), []).append(i)
+    results: list[Estimate] = [None] * len(configs)  # type: ignore[list-item]
+    for indices in groups.values():
         start = time.perf_counter()
-        with torch.device("meta"):
-            backbone, _ = build_model(config)
-            head_module = head(backbone.out_channels).train() if head is not None else None
-        check_input_shape(config, backbone)
-        owners = {"backbone": backbone} | ({"head": head_module} if head_module is not None else {})
-        key = (config.arch, config.optimizer, config.device)
-        warm = warm_starts.get(key)
-        shared_operators = 0
         with fake_mode:
-            if warm is None:
-                warm = warm_starts[key] = _warm_start(config, owners, block)
-                shared_operators = warm.tracker.operators
-            else:
-                for name, module in owners.items():
-                    _share_tensors(module, warm.modules[name])
-            result = _estimate_step(config, owners, warm)
-        result.seconds = time.perf_counter() - start
-        result.operators += shared_operators
-        results.append(result)
+            warm = _warm_start(configs[indices[0]], owners[indices[0]], block)
+        shared_seconds = time.perf_counter() - start
+        steps = [partial(_estimate_step, configs[i], owners[i], warm, fake_mode) for i in indices]
+        estimates = _run(steps, _default_workers() if workers is None else workers)
+        estimates[0].seconds += shared_seconds
+        estimates[0].operators += warm.tracker.operators
+        for i, e in zip(indices, estimates, strict=True):
+            results[i] = e
     return results
+
+
+def _build(config: StepConfig, head: HeadFactory | None) -> dict[str, nn.Module]:
+    """The backbone (and head) of `config` on the meta device, by owner; the clip's shape checked against it."""
+    with torch.device("meta"):
+        backbone, _ = build_model(config)
+        head_module = head(backbone.out_channels).train() if head is not None else None
+    check_input_shape(config, backbone)
+    return {"backbone": backbone} | ({"head": head_module} if head_module is not None else {})
 
 
 @dataclass
@@ -198,10 +210,8 @@ def _share_tensors(module: nn.Module, source: nn.Module) -> None:
             setattr(m, name, tensor)
 
 
-def _estimate_step(config: StepConfig, owners: dict[str, nn.Module], warm: _WarmStart) -> Estimate:
-    """The steady-state step of `config` on `owners` (holding the warm start's tensors), tracked from its state."""
-    start = time.perf_counter()
-    stages = owners["backbone"].residual_stages()
+def _run_step(config: StepConfig, owners: dict[str, nn.Module], warm: _WarmStart) -> t.StorageTracker:
+    """The steady-state step of `config` on `owners` (holding the warm start's tensors), tracked from that state."""
     s = TrainingSetup(config, owners["backbone"], owners.get("head"), warm.optimizer)
     tracker = warm.tracker.copy()
     handles = [
@@ -209,6 +219,7 @@ def _estimate_step(config: StepConfig, owners: dict[str, nn.Module], warm: _Warm
         for owner, module in owners.items()
         for p in module.parameters()
     ]
+    stages = owners["backbone"].residual_stages()
     handles += [h for i, stage in enumerate(stages) for h in _stage_scope_hooks(tracker, stage, f"stage{i}")]
     try:
         with tracker:
@@ -219,10 +230,78 @@ def _estimate_step(config: StepConfig, owners: dict[str, nn.Module], warm: _Warm
         for h in handles:
             h.remove()
         warm.optimizer.zero_grad(set_to_none=True)  # the next step starts, as this one did, without gradients
-    return _report(config, tracker, owners, len(stages), time.perf_counter() - start)
+    return tracker
 
 
-def _report(config, tracker: t.StorageTracker, owners: dict[str, nn.Module], n_stages: int, seconds: float):
+def _estimate_step(
+    config: StepConfig, owners: dict[str, nn.Module], warm: _WarmStart, fake_mode: FakeTensorMode
+) -> Estimate:
+    start = time.perf_counter()
+    with fake_mode:
+        for name, module in owners.items():
+            _share_tensors(module, warm.modules[name])
+        tracker = _run_step(config, owners, warm)
+    return _report(config, tracker, owners, time.perf_counter() - start, tracker.operators)
+
+
+def _default_workers() -> int:
+    if not sys.platform.startswith("linux"):  # no fork (Windows), or fork unsafe with system frameworks (macOS)
+        return 1
+    if multiprocessing.current_process().daemon:  # a daemonic process may not start processes
+        return 1
+    cpus = len(os.sched_getaffinity(0))
+    return 2 * cpus if cpus > 1 else 1
+
+
+def _run(steps: list[Callable[[], Estimate]], workers: int) -> list[Estimate]:
+    """Each step's estimate, in order: in this process with one worker, else each in a forked process (it inherits
+    the warm start, unpickled), at most `workers` at once; a step's exception is raised here."""
+    if workers <= 1 or len(steps) == 1:
+        return [step() for step in steps]
+    context = multiprocessing.get_context("fork")
+    results: list[Estimate] = [None] * len(steps)  # type: ignore[list-item]
+    waiting = list(enumerate(steps))
+    running: dict = {}  # receiving end of a pipe → (index, process)
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                index, step = waiting.pop(0)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_send_result, args=(step, sender), daemon=True)
+                process.start()
+                sender.close()
+                running[receiver] = index, process
+            for receiver in multiprocessing.connection.wait(list(running)):
+                index, process = running.pop(receiver)
+                try:
+                    ok, value = receiver.recv()
+                except EOFError:  # it died before it could send (killed, out of memory)
+                    ok, value = False, None
+                process.join()
+                if not ok:
+                    raise value or Re2talError(f"an estimate's process died (exit code {process.exitcode})")
+                results[index] = value
+    finally:
+        for _, process in running.values():
+            process.terminate()
+    return results
+
+
+def _send_result(step: Callable[[], Estimate], sender: multiprocessing.connection.Connection) -> None:
+    """In a worker: the step's estimate, or its exception (raised again in the parent, with this traceback)."""
+    try:
+        sender.send((True, step()))
+    except Exception as error:
+        error.add_note(f"in an estimate's worker process:\n{traceback.format_exc()}")
+        try:
+            sender.send((False, error))
+        except Exception:  # an exception that does not pickle: its text
+            sender.send((False, Re2talError(f"{type(error).__name__}: {error}")))
+
+
+def _report(
+    config: StepConfig, tracker: t.StorageTracker, owners: dict[str, nn.Module], seconds: float, operators: int
+) -> Estimate:
     fwd_end = tracker.at_phase_start["backward"]  # live at the end of the forward: what backward will read
     bwd_end = tracker.at_phase_start["optimizer"]
     bwd_peak = tracker.phase_peaks["backward"]
@@ -240,13 +319,15 @@ def _report(config, tracker: t.StorageTracker, owners: dict[str, nn.Module], n_s
         persistent=fwd_end.get(t.PERSISTENT),
         input=fwd_end.get(t.INPUT),
         activations={k: fwd_end.get(t.ACTIVATIONS, k) for k in names},
-        stage_activations=[fwd_end.get(t.ACTIVATIONS, f"backbone/stage{i}") for i in range(n_stages)],
+        stage_activations=[
+            fwd_end.get(t.ACTIVATIONS, f"backbone/stage{i}") for i in range(len(owners["backbone"].residual_stages()))
+        ],
         backward_working_set=bwd_peak.get(t.BACKWARD_TEMPORARIES),
         phases=phases,
         peak=phases[peak_phase],
         peak_phase=peak_phase,
         seconds=seconds,
-        operators=tracker.operators,
+        operators=operators,
     )
 
 

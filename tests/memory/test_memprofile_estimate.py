@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from re2tal_cli.errors import BadInputError
 from re2tal_cli.memory import tracker as t
 from re2tal_cli.memory.estimate import estimate, estimate_all
 from re2tal_cli.memory.measure import measure
@@ -127,8 +128,10 @@ class _TinyHead(nn.Module):
         return (self.proj(features.transpose(1, 2)) * self.scale + self.offset).square().mean()
 
 
-def test_estimates_made_together_are_those_made_apart():
-    # Together, configurations of one arch, optimizer and device share their parameters and warmed-up optimizer.
+@pytest.mark.parametrize("workers", [1, 3])
+def test_estimates_made_together_are_those_made_apart(workers):
+    # Together, configurations of one arch, optimizer and device share their parameters and warmed-up optimizer, and
+    # with several workers their steps run in forked processes.
     configs = [StepConfig("swin3d-tiny", 8, 32, 1, w, device="cpu") for w in ("plain", "checkpoint", "reversible")]
     configs += [
         StepConfig("swin3d-tiny", 16, 48, 2, "reversible", amp="bf16", drop_path=0.0, device="cpu"),
@@ -136,8 +139,15 @@ def test_estimates_made_together_are_those_made_apart():
         StepConfig("vit-tiny", 4, 64, 1, "reversible", optimizer="sgd"),
     ]
     cost = {"seconds": 0, "operators": 0}
-    for config, together in zip(configs, estimate_all(configs, head=_TinyHead), strict=True):
+    for config, together in zip(configs, estimate_all(configs, head=_TinyHead, workers=workers), strict=True):
         assert together.to_json() | cost == estimate(config, head=_TinyHead).to_json() | cost
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_step_that_cannot_take_the_clip_is_bad_input(workers):
+    configs = [StepConfig("vit-tiny", 4, 32, 1, "plain"), StepConfig("vit-tiny", 4, 8, 1, "reversible")]
+    with pytest.raises(BadInputError, match="cannot take a 4×8² clip"):  # smaller than a patch
+        estimate_all(configs, workers=workers)
 
 
 def test_a_tracker_copy_starts_from_the_live_storages_and_follows_them():
