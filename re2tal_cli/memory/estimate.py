@@ -127,11 +127,12 @@ def estimate_all(
     then runs on a module of its own (its wiring, its caches) given those very tensors, under a tracker that starts
     from what the warm-up left live, so the estimates are those of separate runs.
 
-    A step on fake tensors is one Python thread's work, so the steps run in up to `workers` processes at once,
-    forked after the warm start. By default that is twice the usable CPUs (steps differ in length, a reversible one
-    is about twice a plain one) on Linux with more than one CPU; elsewhere the steps run one after the other in this
-    process. An estimate's `seconds` and `operators` are its step's, plus the shared work's for the first
-    configuration of its group.
+    A step on fake tensors is one Python thread's work, so the steps after a group's first run in up to `workers`
+    processes at once, forked once the first has filled `FakeTensorMode`'s cache of operator results, which they
+    inherit. By default that is twice the usable CPUs (steps differ in length, a reversible one is about twice a
+    plain one) on Linux with more than one CPU; elsewhere the steps run one after the other in this process. An
+    estimate's `seconds` and `operators` are its step's, plus the shared work's for the first configuration of its
+    group.
     """
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)  # one for all: the shared tensors are its own
     owners = [_build(config, head) for config in configs]  # every input shape checked before any work
@@ -145,7 +146,7 @@ def estimate_all(
             warm = _warm_start(configs[indices[0]], owners[indices[0]], block)
         shared_seconds = time.perf_counter() - start
         steps = [partial(_estimate_step, configs[i], owners[i], warm, fake_mode) for i in indices]
-        estimates = _run(steps, _default_workers() if workers is None else workers)
+        estimates = [steps[0](), *_run(steps[1:], _default_workers() if workers is None else workers)]
         estimates[0].seconds += shared_seconds
         estimates[0].operators += warm.tracker.operators
         for i, e in zip(indices, estimates, strict=True):
@@ -256,7 +257,7 @@ def _default_workers() -> int:
 def _run(steps: list[Callable[[], Estimate]], workers: int) -> list[Estimate]:
     """Each step's estimate, in order: in this process with one worker, else each in a forked process (it inherits
     the warm start, unpickled), at most `workers` at once; a step's exception is raised here."""
-    if workers <= 1 or len(steps) == 1:
+    if workers <= 1 or len(steps) <= 1:
         return [step() for step in steps]
     context = multiprocessing.get_context("fork")
     results: list[Estimate] = [None] * len(steps)  # type: ignore[list-item]
