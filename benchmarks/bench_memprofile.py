@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_memprofile.py                       # vit-s, vit-b, swin3d-t at 16×112², 32×160²
     .venv/bin/python benchmarks/bench_memprofile.py --archs vit-s --inputs 16x112 --device cuda
+    .venv/bin/python benchmarks/bench_memprofile.py --inputs 16x112 --head actionformer  # end-to-end TAL's step
     .venv/bin/python benchmarks/bench_memprofile.py --timing-only
 
 Every measurement runs in its own subprocess (`re2tal_cli.memory.measure`): on CPU the peak of torch's CPU allocator
@@ -31,6 +32,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="measured steps incl. one warm-up")
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--big-arch", default="swin3d-b")
+    parser.add_argument("--head", default=None, choices=("actionformer",), help="localizer on the backbone")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -50,7 +52,7 @@ def main() -> int:
             for spec in args.inputs.split(","):
                 frames, size = (int(v) for v in spec.split("x"))
                 for wiring in WIRINGS:
-                    c = StepConfig(arch, frames, size, args.batch, wiring, device=args.device)
+                    c = StepConfig(arch, frames, size, args.batch, wiring, device=args.device, head=args.head)
                     e = estimate(c)
                     m = measure(c, steps=args.steps)
                     err = (e.total_peak - m.peak) / m.peak
@@ -72,11 +74,12 @@ def main() -> int:
     lines = [
         f"  {e.config.wiring.value:10s} peak {e.total_peak / 2**30:7.2f} GiB ({e.peak_phase}), {e.seconds:.1f} s, "
         f"{e.operators} operators"
-        for e in estimate_all([StepConfig(big, 1024, 224, 2, wiring) for wiring in WIRINGS])
+        for e in estimate_all([StepConfig(big, 1024, 224, 2, wiring, head=args.head) for wiring in WIRINGS])
     ]
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    with_head = f" + {args.head}" if args.head else ""
     print(
-        f"\n{big} 1024×224², batch 2, all three wirings: {wall:.1f} s wall, {cpu:.1f} s CPU with its workers "
+        f"\n{big}{with_head} 1024×224², batch 2, all three wirings: {wall:.1f} s wall, {cpu:.1f} s CPU with workers "
         f"(imports {import_seconds:.1f} s; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after)"
     )
     print("\n".join(lines))

@@ -17,6 +17,8 @@ EPILOG = """Examples:
 
   re2tal memprofile --arch swin3d-t --frames 512 --size 224 --sweep depth --gpu gtx-1080-ti --plot fig7.png
 
+  re2tal memprofile --arch swin3d-t --frames 1024 --size 224 --head actionformer --amp bf16 --gpu a100-80gb
+
   re2tal memprofile --arch vit-s --frames 16 --size 112 --measure --json
 """
 
@@ -30,6 +32,10 @@ def main(
     amp: Annotated[str, typer.Option(help="Autocast: none, bf16 (CPU/CUDA) or fp16 (CUDA).")] = "none",
     optimizer: Annotated[str, typer.Option(help="adamw (2 states per parameter) or sgd (momentum: 1).")] = "adamw",
     drop_path: Annotated[float, typer.Option(help="Backbone stochastic depth (it changes what is kept).")] = 0.1,
+    head: Annotated[
+        str,
+        typer.Option(help="Localizer trained on the features: none or actionformer (THUMOS-14 config, end to end)."),
+    ] = "none",
     gpu: Annotated[
         str | None, typer.Option(help="GPU from the catalogue (docs/memprofile.md), e.g. a100-40gb.")
     ] = None,
@@ -49,6 +55,7 @@ def main(
     """Will this training configuration fit my GPU? Estimate (and measure) plain vs checkpoint vs reversible."""
     from re2tal_cli.errors import BadInputError
     from re2tal_cli.memory import gpus
+    from re2tal_cli.memory.heads import HeadName
     from re2tal_cli.memory.step import WIRINGS, StepConfig, WiringName
     from re2tal_cli.models import get_arch
 
@@ -70,6 +77,8 @@ def main(
             wirings = [WiringName(wiring)]
         except ValueError:
             raise BadInputError(f"--wiring must be plain, checkpoint, reversible or all, got {wiring!r}") from None
+    if head != "none" and head not in HeadName.__members__.values():
+        raise BadInputError(f"--head must be none or {', '.join(HeadName)}, got {head!r}")
     if device is None:
         import torch
 
@@ -84,6 +93,7 @@ def main(
         optimizer,
         drop_path,
         device,
+        None if head == "none" else head,
     )
     if sweep is not None:
         _sweep(base, sweep, wirings, target, plot, as_json)
@@ -230,6 +240,8 @@ def _render(report: dict) -> None:
         f"memprofile {c['arch']}: B={c['batch']} × {c['frames']} × {c['size']}², amp {c['amp']}, {c['optimizer']}, "
         f"{c['device']} allocator model — GiB"
     )
+    if c["head"] is not None:
+        title = title.replace(":", f" + {c['head']}:", 1)
     table = Table(title=title)
     table.add_column("component")
     for row in report["wirings"]:
@@ -240,11 +252,16 @@ def _render(report: dict) -> None:
     def add(label: str, values: list[int]) -> None:
         table.add_row(label, *(_gib(v) for v in values))
 
+    with_head = "head" in b[0]["parameters"]
     add("parameters", [sum(x["parameters"].values()) for x in b])
+    if with_head:
+        add("  of which head", [x["parameters"]["head"] for x in b])
     add("gradients", [sum(x["gradients"].values()) for x in b])
     add("optimizer state", [x["optimizer_state"] for x in b])
     add("input clip", [x["input"] for x in b])
     add("activations kept for backward", [sum(x["activations_kept"].values()) for x in b])
+    if with_head:
+        add("  of which head", [x["activations_kept"]["head"] for x in b])
     add("  of which inside residual stages", [sum(x["activations_kept_per_stage"]) for x in b])
     add("backward working set", [x["backward_working_set"] for x in b])
     for phase in ("forward", "backward", "optimizer"):

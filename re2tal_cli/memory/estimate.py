@@ -37,8 +37,6 @@ from re2tal_cli.errors import BadInputError, Re2talError
 from re2tal_cli.memory import tracker as t
 from re2tal_cli.memory.step import StepConfig, TrainingSetup, build_model, check_input_shape, setup, train_step
 
-HeadFactory = Callable[[int], nn.Module]  # backbone out_channels → a localizer head (ActionFormer, with train-tal)
-
 
 @dataclass
 class PhasePeak:
@@ -107,21 +105,19 @@ class Estimate:
         }
 
 
-def estimate(config: StepConfig, head: HeadFactory | None = None, block: int | None = None) -> Estimate:
+def estimate(config: StepConfig, block: int | None = None) -> Estimate:
     """The memory of one training step of `config`, by component, in seconds and without allocating it.
 
     `block`: allocator granularity; default 512 B for CUDA (its caching allocator's smallest block), exact bytes for
-    CPU. `head`: a localizer head factory, called with the backbone's channel count.
+    CPU.
     """
-    return estimate_all([config], head, block)[0]
+    return estimate_all([config], block)[0]
 
 
-def estimate_all(
-    configs: Sequence[StepConfig], head: HeadFactory | None = None, block: int | None = None, workers: int | None = None
-) -> list[Estimate]:
+def estimate_all(configs: Sequence[StepConfig], block: int | None = None, workers: int | None = None) -> list[Estimate]:
     """`estimate` of each configuration, making what they share once and their steps in parallel.
 
-    Every step of one architecture, optimizer and device starts from the same state, whatever its wiring, clip,
+    Every step of one architecture, head, optimizer and device starts from the same state, whatever its wiring, clip,
     batch, precision or drop-path: the parameters and buffers, and the optimizer's state after its warm-up. That state
     (materialising the fake tensors, warming the optimizer up: about a quarter of an estimate) is made once; each step
     then runs on a module of its own (its wiring, its caches) given those very tensors, under a tracker that starts
@@ -135,10 +131,10 @@ def estimate_all(
     group.
     """
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)  # one for all: the shared tensors are its own
-    owners = [_build(config, head) for config in configs]  # every input shape checked before any work
+    owners = [_build(config) for config in configs]  # every input shape checked before any work
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
-        groups.setdefault((config.arch, config.optimizer, config.device), []).append(i)
+        groups.setdefault((config.arch, config.head, config.optimizer, config.device), []).append(i)
     results: list[Estimate] = [None] * len(configs)  # type: ignore[list-item]
     for indices in groups.values():
         start = time.perf_counter()
@@ -154,18 +150,17 @@ def estimate_all(
     return results
 
 
-def _build(config: StepConfig, head: HeadFactory | None) -> dict[str, nn.Module]:
+def _build(config: StepConfig) -> dict[str, nn.Module]:
     """The backbone (and head) of `config` on the meta device, by owner; the clip's shape checked against it."""
     with torch.device("meta"):
-        backbone, _ = build_model(config)
-        head_module = head(backbone.out_channels).train() if head is not None else None
+        backbone, head = build_model(config)
     check_input_shape(config, backbone)
-    return {"backbone": backbone} | ({"head": head_module} if head_module is not None else {})
+    return {"backbone": backbone} | ({"head": head} if head is not None else {})
 
 
 @dataclass
 class _WarmStart:
-    """Where every step of one architecture, optimizer and device starts: the fake parameters and buffers of
+    """Where every step of one architecture, head, optimizer and device starts: the fake parameters and buffers of
     `modules`, the optimizer warmed up on them, and a tracker holding what is then live, by category."""
 
     modules: dict[str, nn.Module]
@@ -289,7 +284,12 @@ def _run(steps: list[Callable[[], Estimate]], workers: int) -> list[Estimate]:
 
 
 def _send_result(step: Callable[[], Estimate], sender: multiprocessing.connection.Connection) -> None:
-    """In a worker: the step's estimate, or its exception (raised again in the parent, with this traceback)."""
+    """In a worker: the step's estimate, or its exception (raised again in the parent, with this traceback).
+
+    One intra-op thread: the few real operators of a step (a head's label assignment runs on real tensors) would
+    otherwise enter the OpenMP pool the parent started before the fork, which hangs in the child (libgomp is not
+    fork-safe). Fake operators compute nothing, so nothing else changes."""
+    torch.set_num_threads(1)
     try:
         sender.send((True, step()))
     except Exception as error:

@@ -1,6 +1,6 @@
 """The training step that `memprofile` estimates and measures: one function for both, so they cannot drift apart.
 
-    build: arch with a wiring (+ optional localizer head) → optimizer
+    build: arch with a wiring (+ the localizer head `config.head`, memory/heads.py) → optimizer
     step:  zero_grad(set_to_none) → input (B, 3, T, S, S) on the device → [autocast] backbone.temporal_features →
            head → loss → backward → optimizer.step
 
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from re2tal_cli.errors import BadInputError
+from re2tal_cli.memory.heads import HeadName, create_head
 from re2tal_cli.models import VideoBackbone, get_arch
 
 
@@ -56,6 +57,7 @@ class StepConfig:
     optimizer: OptimizerName = OptimizerName.ADAMW
     drop_path: float = 0.1  # stochastic depth of the backbone, as in finetuning recipes (it changes what is kept)
     device: str = "cuda"  # where the step runs; the estimate models this device's allocator and optimizer kernels
+    head: HeadName | None = None  # the localizer trained on the backbone's features (None: the backbone alone)
 
     def __post_init__(self):
         for name in ("frames", "size", "batch"):
@@ -67,6 +69,8 @@ class StepConfig:
         object.__setattr__(self, "wiring", _enum(WiringName, self.wiring, "--wiring"))
         object.__setattr__(self, "amp", _enum(Amp, self.amp, "--amp"))
         object.__setattr__(self, "optimizer", _enum(OptimizerName, self.optimizer, "--optimizer"))
+        if self.head is not None:
+            object.__setattr__(self, "head", _enum(HeadName, self.head, "--head"))
         if self.device not in ("cpu", "cuda"):
             raise BadInputError(f"device must be cpu or cuda, got {self.device!r}")
         if self.amp is Amp.FP16 and self.device == "cpu":
@@ -111,8 +115,9 @@ class TrainingSetup:
         return {"backbone": self.backbone} | ({"head": self.head} if self.head is not None else {})
 
 
-def build_model(config: StepConfig, head: nn.Module | None = None) -> tuple[VideoBackbone, nn.Module | None]:
-    """The backbone (in training mode, wired as `config.wiring`) and the head, on the current default device."""
+def build_model(config: StepConfig) -> tuple[VideoBackbone, nn.Module | None]:
+    """The backbone (wired as `config.wiring`) and the head of `config.head`, in training mode, on the current
+    default device."""
     from re2tal_cli.checkpoint import Wiring
     from re2tal_cli.reversible.stage import Execution
 
@@ -123,10 +128,8 @@ def build_model(config: StepConfig, head: nn.Module | None = None) -> tuple[Vide
         WiringName.REVERSIBLE: Wiring(0.0, 1.0, Execution.REVERSIBLE),
     }[config.wiring]
     wiring.apply(backbone)
-    backbone.train()
-    if head is not None:
-        head.train()
-    return backbone, head
+    head = create_head(config.head, backbone.out_channels).train() if config.head is not None else None
+    return backbone.train(), head
 
 
 def make_optimizer(config: StepConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from re2tal_cli.errors import BadInputError
-from re2tal_cli.memory.estimate import Estimate, HeadFactory, estimate, estimate_all
+from re2tal_cli.memory.estimate import Estimate, estimate, estimate_all
 from re2tal_cli.memory.gpus import FRAGMENTATION, Gpu
 from re2tal_cli.memory.step import StepConfig, WiringName, build_model
 from re2tal_cli.models import get_arch, list_archs
@@ -65,16 +65,14 @@ def sweep_points(config: StepConfig, axis: SweepAxis) -> list[tuple[str, float, 
     return [(f"{s}²", float(s), replace(config, size=s)) for s in sizes]
 
 
-def sweep(config: StepConfig, axis: SweepAxis, wirings: list[WiringName], head: HeadFactory | None = None) -> Series:
+def sweep(config: StepConfig, axis: SweepAxis, wirings: list[WiringName]) -> Series:
     points = sweep_points(config, axis)
-    flat = iter(estimate_all([replace(c, wiring=w) for w in wirings for _, _, c in points], head))
+    flat = iter(estimate_all([replace(c, wiring=w) for w in wirings for _, _, c in points]))
     estimates = {w.value: [next(flat) for _ in points] for w in wirings}
     return Series(SweepAxis(axis), [p[0] for p in points], [p[1] for p in points], estimates)
 
 
-def max_fitting(
-    config: StepConfig, gpu: Gpu, what: str, head: HeadFactory | None = None
-) -> tuple[int, Estimate | None]:
+def max_fitting(config: StepConfig, gpu: Gpu, what: str) -> tuple[int, Estimate | None]:
     """The largest frame count (a multiple of the backbone's) or batch whose estimated peak keeps the fragmentation
     margin below the GPU's usable memory; (0, None) when not even the smallest fits.
 
@@ -87,7 +85,7 @@ def max_fitting(
     with torch.device("meta"):
         m = build_model(config)[0].min_frames
     t1 = math.lcm(m, 16)
-    e1, e2 = estimate_all([replace(config, batch=1, frames=t1), replace(config, batch=1, frames=2 * t1)], head)
+    e1, e2 = estimate_all([replace(config, batch=1, frames=t1), replace(config, batch=1, frames=2 * t1)])
     x_max = math.inf
     for phase in e1.phases:
         a, b = e1.phases[phase].total, e2.phases[phase].total
@@ -102,7 +100,7 @@ def max_fitting(
     per = config.batch if what == "frames" else config.frames
     n = max(0, int(x_max // per) // unit * unit)
     while n > 0:
-        e = estimate(replace(config, **{what: n}), head)
+        e = estimate(replace(config, **{what: n}))
         if e.total_peak <= limit:
             return n, e
         n -= unit * max(1, n // (20 * unit))  # step down ~5 % at a time

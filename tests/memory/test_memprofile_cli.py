@@ -29,6 +29,18 @@ def test_json_has_every_component_and_a_verdict():
         assert row["gpu"]["verdict"] == "fits"
 
 
+def test_head_is_a_component_of_its_own_in_json_and_table():
+    args = ["--arch", "vit-tiny", "--frames", "8", "--size", "32", "--wiring", "reversible", "--head", "actionformer"]
+    data = json.loads(_run(*args, "--json").output)
+    assert data["config"]["head"] == "actionformer"
+    b = data["wirings"][0]["estimate"]["bytes"]
+    assert set(b["parameters"]) == set(b["gradients"]) == set(b["activations_kept"]) == {"backbone", "head"}
+    assert b["parameters"]["head"] > b["parameters"]["backbone"] > 0
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    assert "vit-tiny + actionformer" in result.output and "of which head" in result.output
+
+
 def test_table_renders():
     result = _run("--arch", "vit-tiny", "--frames", "4", "--size", "32", "--wiring", "reversible", "--gpu-mem", "1")
     assert result.exit_code == 0, result.output
@@ -49,6 +61,7 @@ def test_table_renders():
         (["--arch", "vit-tiny", "--max", "frames"], "--max needs a GPU"),
         (["--arch", "vit-tiny", "--gpu", "h100", "--gpu-mem", "3"], "not both"),
         (["--arch", "vit-tiny", "--plot", "x.png"], "--plot draws a --sweep"),
+        (["--arch", "vit-tiny", "--head", "vsgn"], "--head must be none or actionformer, got 'vsgn'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, message):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
-from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from re2tal_cli.errors import BadInputError
 from re2tal_cli.memory import tracker as t
 from re2tal_cli.memory.estimate import estimate, estimate_all
+from re2tal_cli.memory.heads import ActionFormerLoss
 from re2tal_cli.memory.measure import measure
 from re2tal_cli.memory.step import StepConfig
 from re2tal_cli.memory.tracker import StorageTracker
@@ -115,32 +117,21 @@ def test_swin_estimate_with_two_attention_chunks_is_the_full_loops(monkeypatch):
     assert reduced.to_json() | cost == full.to_json() | cost
 
 
-class _TinyHead(nn.Module):
-    """A head with a parameter, a buffer and a non-persistent buffer (localizers have each)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.proj = nn.Linear(channels, 2)
-        self.register_buffer("scale", torch.ones(2))
-        self.register_buffer("offset", torch.zeros(2), persistent=False)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, C, T) → the loss
-        return (self.proj(features.transpose(1, 2)) * self.scale + self.offset).square().mean()
-
-
 @pytest.mark.parametrize("workers", [1, 3])
 def test_estimates_made_together_are_those_made_apart(workers):
-    # Together, configurations of one arch, optimizer and device share their parameters and warmed-up optimizer, and
-    # with several workers their steps run in forked processes.
+    # Together, configurations of one arch, head, optimizer and device share their parameters and warmed-up
+    # optimizer, and with several workers their steps run in forked processes.
     configs = [StepConfig("swin3d-tiny", 8, 32, 1, w, device="cpu") for w in ("plain", "checkpoint", "reversible")]
     configs += [
         StepConfig("swin3d-tiny", 16, 48, 2, "reversible", amp="bf16", drop_path=0.0, device="cpu"),
+        StepConfig("swin3d-tiny", 8, 32, 1, "plain", device="cpu", head="actionformer"),
+        StepConfig("swin3d-tiny", 8, 32, 2, "reversible", device="cpu", head="actionformer"),
         StepConfig("vit-tiny", 8, 32, 2, "plain", optimizer="sgd"),
         StepConfig("vit-tiny", 4, 64, 1, "reversible", optimizer="sgd"),
     ]
     cost = {"seconds": 0, "operators": 0}
-    for config, together in zip(configs, estimate_all(configs, head=_TinyHead, workers=workers), strict=True):
-        assert together.to_json() | cost == estimate(config, head=_TinyHead).to_json() | cost
+    for config, together in zip(configs, estimate_all(configs, workers=workers), strict=True):
+        assert together.to_json() | cost == estimate(config).to_json() | cost
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -172,3 +163,23 @@ def test_estimate_matches_a_measured_cpu_run():
     assert e.phases["forward"].total == pytest.approx(m.phases["forward"], rel=0.02)
     assert e.phases["optimizer"].total == pytest.approx(m.phases["optimizer"], rel=0.02)
     assert e.total_peak == pytest.approx(m.peak, rel=0.35)
+
+
+def test_actionformer_head_is_counted_like_the_backbone_and_matches_a_measured_run():
+    # What end-to-end TAL adds: ActionFormer's parameters, gradients, AdamW moments and activations, under its own
+    # owner; the step with the head measured for real agrees on every phase.
+    c = StepConfig("vit-tiny", 8, 64, 2, "reversible", device="cpu", head="actionformer")
+    e, m = estimate(c), measure(c)
+    backbone_only = estimate(replace(c, head=None))
+    with torch.device("meta"):
+        n = sum(
+            p.numel() for p in ActionFormerLoss(get_arch("vit-tiny").create(num_classes=0).out_channels).parameters()
+        )
+    assert e.parameter_count == {"backbone": _numel("vit-tiny"), "head": n}
+    assert e.parameters["head"] == e.gradients["head"] == 4 * n
+    assert e.optimizer_state == pytest.approx(backbone_only.optimizer_state + 2 * 4 * n, abs=8 * 1024)
+    features = 2 * 32 * 4 * 4  # (B, C, T') fp32: the stand-in loss without a head keeps them, the head does not
+    assert e.activations["backbone"] == backbone_only.activations["backbone"] - features
+    assert e.activations["head"] > 0
+    for phase in ("forward", "backward", "optimizer"):
+        assert e.phases[phase].total == pytest.approx(m.phases[phase], rel=0.02), phase
