@@ -218,7 +218,11 @@ def _plot(series, target, out: Path) -> None:
     ax.set_xticks(x, series.points, rotation=30 if series.axis.value == "depth" else 0)
     ax.set_xlabel({"depth": "backbone", "frames": "frames per clip", "size": "crop size"}[series.axis.value])
     ax.set_ylabel("peak training memory (GiB)")
-    ax.set_title("estimated peak per training step (× = out of memory)")
+    c = next(iter(series.estimates.values()))[0].config
+    setting = f"B={c.batch}" + ("" if series.axis.value == "frames" else f", T={c.frames}")
+    setting += "" if series.axis.value == "size" else f", {c.size}²"
+    setting += f", amp {c.amp.value}, {c.optimizer.value}" + (f", + {c.head.value}" if c.head is not None else "")
+    ax.set_title(f"estimated peak per training step (× = out of memory)\n{setting}", fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
