@@ -23,6 +23,7 @@ See docs/synthetic.md.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -192,13 +193,19 @@ def _render_frames(
 
 
 def render_video(path: Path, frames, fps: int, size: int) -> None:
-    """Encode RGB frames to H.264 (yuv420p) with PyAV; written to a temp name, then renamed."""
+    """Encode RGB frames to H.264 (yuv420p) with PyAV; written to a temp name, then renamed.
+
+    Deterministic for the same frames in a fresh process (`generate` gives each file one): every frame is rendered
+    before the encoder opens, and x264 runs on one thread. Frames rendered between x264's encoding calls, or x264's
+    own threads, gave different files from run to run for the same seed.
+    """
     import av
 
+    frames = list(frames)  # (size, size, 3) uint8 each: at most a few thousand 64² frames
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream(
-            "libx264", rate=fps, options={"preset": "veryfast", "crf": "18", "g": str(fps * 2)}
+            "libx264", rate=fps, options={"preset": "veryfast", "crf": "18", "g": str(fps * 2), "threads": "1"}
         )
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
@@ -284,31 +291,25 @@ def generate(
             clip_jobs.append((folder / f"{label}_{c:02d}_{k:03d}.mp4", label, cfg, css))
     total = len(jobs) + len(clip_jobs)
 
-    results, done = [], 0
-    if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
+    # Each video and clip is encoded in a process of its own, started from this one, which encodes nothing: x264's
+    # output was seen to depend on what its process had encoded before, so workers that each took several jobs made
+    # the files depend on which worker got which job (and on --workers). A fork costs little next to an encode.
+    start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    done = 0
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for r in pool.map(_make_video, jobs):
-                results.append(r)
-                done += 1
-                if progress:
-                    progress(done, total)
-            for _ in pool.map(_make_clip, clip_jobs):
-                done += 1
-                if progress:
-                    progress(done, total)
-    else:
-        for job in jobs:
-            results.append(_make_video(job))
-            done += 1
-            if progress:
-                progress(done, total)
-        for job in clip_jobs:
-            _make_clip(job)
-            done += 1
-            if progress:
-                progress(done, total)
+    def finished() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
+    with multiprocessing.get_context(start_method).Pool(max(1, workers), maxtasksperchild=1) as pool:
+        results = []
+        for r in pool.imap(_make_video, jobs):
+            results.append(r)
+            finished()
+        for _ in pool.imap(_make_clip, clip_jobs):
+            finished()
 
     order = np.random.default_rng(split_ss).permutation(cfg.videos)
     n_test = int(round(cfg.test_fraction * cfg.videos)) if cfg.videos > 1 else 0
