@@ -77,7 +77,7 @@ def main(
             wirings = [WiringName(wiring)]
         except ValueError:
             raise BadInputError(f"--wiring must be plain, checkpoint, reversible or all, got {wiring!r}") from None
-    if head != "none" and head not in HeadName.__members__.values():
+    if head != "none" and head not in {h.value for h in HeadName}:
         raise BadInputError(f"--head must be none or {', '.join(HeadName)}, got {head!r}")
     if device is None:
         import torch

@@ -195,13 +195,14 @@ def _render_frames(
 def render_video(path: Path, frames, fps: int, size: int) -> None:
     """Encode RGB frames to H.264 (yuv420p) with PyAV; written to a temp name, then renamed.
 
-    Deterministic for the same frames in a fresh process (`generate` gives each file one): every frame is rendered
-    before the encoder opens, and x264 runs on one thread. Frames rendered between x264's encoding calls, or x264's
-    own threads, gave different files from run to run for the same seed.
+    x264 runs on one thread, and every frame is rendered before the encoder opens: with its thread pool, or with
+    frames rendered between its encoding calls, the same frames gave different files from run to run. Even so its
+    output depends on what its process did before, which is why `generate` encodes each file in a process of its
+    own.
     """
     import av
 
-    frames = list(frames)  # (size, size, 3) uint8 each: at most a few thousand 64² frames
+    frames = list(frames)  # (size, size, 3) uint8 each; a 2-minute default video is 15 MB
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream(
@@ -291,9 +292,11 @@ def generate(
             clip_jobs.append((folder / f"{label}_{c:02d}_{k:03d}.mp4", label, cfg, css))
     total = len(jobs) + len(clip_jobs)
 
-    # Each video and clip is encoded in a process of its own, started from this one, which encodes nothing: x264's
-    # output was seen to depend on what its process had encoded before, so workers that each took several jobs made
-    # the files depend on which worker got which job (and on --workers). A fork costs little next to an encode.
+    # Each video and clip is encoded in a process of its own, forked from this one, which encodes nothing: x264's
+    # output for the same frames depends on what its process did before (other encodes, other allocations), so
+    # workers that each took several jobs made the files depend on which worker got which job, and on --workers.
+    # Every file now starts from the same process state: identical bytes for a seed from one program (`re2tal data
+    # synth`, a benchmark), whatever --workers. A fork costs little next to an encode.
     start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     done = 0
 
