@@ -293,10 +293,10 @@ def generate(
     total = len(jobs) + len(clip_jobs)
 
     # Each video and clip is encoded in a process of its own, forked from this one, which encodes nothing: x264's
-    # output for the same frames depends on what its process did before (other encodes, other allocations), so
-    # workers that each took several jobs made the files depend on which worker got which job, and on --workers.
-    # Every file now starts from the same process state: identical bytes for a seed from one program (`re2tal data
-    # synth`, a benchmark), whatever --workers. A fork costs little next to an encode.
+    # output for the same frames depends on what its process encoded before, so workers that each took several jobs
+    # made the files depend on which worker got which job, and on --workers. With the frames rendered before the
+    # encoder opens (render_video), the bytes are the same for a seed whatever --workers and whichever program calls
+    # this (docs/synthetic.md). A fork costs little next to an encode.
     start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     done = 0
 
