@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from re2tal_cli.data.datasets import class_names, load_annotations  # noqa: E402
-from re2tal_cli.data.synthetic import SynthConfig, generate  # noqa: E402
+from re2tal_cli.data.synth import SynthConfig, generate  # noqa: E402
 from re2tal_cli.data.video import open_video  # noqa: E402
 from re2tal_cli.evaluate import evaluate  # noqa: E402
 from re2tal_cli.localizers.actionformer import ActionFormer  # noqa: E402

@@ -48,7 +48,7 @@ def worker(spec: dict) -> dict:
     overrides = {"depth": spec["depth"]} if spec["depth"] else {}
     model = create_model(spec["arch"], drop_path=0.1, **overrides).to(device).train()
     coupling, execution = {
-        "plain": (Coupling(1.0, 0.0), Execution.AUTOGRAD),
+        "plain": (Coupling(1.0, 0.0), Execution.PLAIN),
         "checkpoint": (Coupling(1.0, 0.0), Execution.CHECKPOINT),
         "reversible": (Coupling(0.0, 1.0), Execution.REVERSIBLE),
     }[spec["wiring"]]

@@ -18,8 +18,9 @@ import torch
 from re2tal_cli import hub
 from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models.base import InputSpec, VideoBackbone
-from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, get_arch, list_archs
+from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, config_reader, get_arch, list_archs
 from re2tal_cli.reversible.stage import Coupling, Execution
+from re2tal_cli.text import plural
 
 FORMAT = "re2tal-backbone/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -32,7 +33,7 @@ class Wiring:
 
     alpha: float = 1.0
     beta: float = 0.0
-    execution: Execution = Execution.AUTOGRAD
+    execution: Execution = Execution.PLAIN
     stages: tuple[int, ...] | None = None  # indices of the rewired stages; None: all
 
     def apply(self, model: VideoBackbone, tolerance: float | None = None) -> list[int]:
@@ -64,11 +65,16 @@ class Wiring:
 class LoadedBackbone:
     model: VideoBackbone
     arch: str
+    arch_from: str  # how the architecture was chosen: "given", "re2tal config.json", "transformers config.json", …
     source: str  # what the user named (hf:// URI or path)
     path: Path  # the weights file read
-    source_format: str  # layout the weights came in
+    converted: ConvertedCheckpoint  # the source tensors in our key names, its layout and the keys it dropped
     wiring: Wiring
-    config: dict = field(default_factory=dict)  # the sidecar config.json, if any
+    config: dict = field(default_factory=dict)  # the sidecar re2tal config.json, if any
+
+    @property
+    def source_format(self) -> str:
+        return self.converted.format
 
     @property
     def input(self) -> InputSpec:
@@ -76,17 +82,23 @@ class LoadedBackbone:
 
 
 def build_from_state_dict(arch: Arch, state_dict: Mapping[str, torch.Tensor], src: str, **overrides):
-    """Convert `state_dict` to the arch's keys and load it strictly. Returns (model, converted checkpoint)."""
+    """Convert `state_dict` to the arch's keys and load it strictly. Returns (model, converted checkpoint).
+
+    The model is built with what the checkpoint's layout implies (its classifier's size, a final norm, …: the
+    converter's `build`), then `overrides`."""
     try:
         converted = arch.convert(state_dict)
     except BadCheckpointError as error:
         raise BadCheckpointError(f"{src}: {error}{_likely_arch_hint(state_dict, arch.name)}") from None
     sd = converted.state_dict
-    num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-    model = arch.create(**{"num_classes": num_classes, **overrides})
+    model = arch.create(**{"num_classes": _num_classes(sd), **converted.build, **overrides})
     _check_keys(model.state_dict(), sd, src, arch.name, state_dict)
     model.load_state_dict(sd, strict=True)
     return model, converted
+
+
+def _num_classes(sd: Mapping[str, torch.Tensor]) -> int:
+    return sd["head.weight"].shape[0] if "head.weight" in sd else 0
 
 
 def _check_keys(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], src: str, name: str, raw) -> None:
@@ -95,14 +107,14 @@ def _check_keys(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing keys (first: {missing[0]})")
+            parts.append(f"{plural(len(missing), 'missing key')} (first: {missing[0]})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
-        raise BadCheckpointError(f"{src}: does not fit --arch {name}: {'; '.join(parts)}{_likely_arch_hint(raw, name)}")
+            parts.append(f"{plural(len(unexpected), 'unexpected key')} (first: {unexpected[0]})")
+        raise BadCheckpointError(f"{src}: does not fit `arch` {name}: {'; '.join(parts)}{_likely_arch_hint(raw, name)}")
     for key, value in expected.items():
         if tuple(sd[key].shape) != tuple(value.shape):
             raise BadCheckpointError(
-                f"{src}: shape mismatch for {key}: checkpoint {tuple(sd[key].shape)}, --arch {name} expects "
+                f"{src}: shape mismatch for {key}: checkpoint {tuple(sd[key].shape)}, `arch` {name} expects "
                 f"{tuple(value.shape)}{_likely_arch_hint(raw, name)}"
             )
 
@@ -122,50 +134,84 @@ def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
         if converted is None:
             continue
         sd = converted.state_dict
-        num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-        if _expected_shapes(arch.name, num_classes) == {k: tuple(v.shape) for k, v in sd.items()}:
+        build = tuple(sorted(converted.build.items()))
+        if _expected_shapes(arch.name, _num_classes(sd), build) == {k: tuple(v.shape) for k, v in sd.items()}:
             matches.append(arch.name)
     return matches
 
 
 @functools.cache
-def _expected_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(arch: str, num_classes: int, build: tuple = ()) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        model = get_arch(arch).create(num_classes=num_classes)
+        model = get_arch(arch).create(num_classes=num_classes, **dict(build))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _likely_arch_hint(state_dict: Mapping[str, torch.Tensor], tried: str) -> str:
     likely = [name for name in guess_arch(state_dict) if name != tried]
-    return f"; it looks like --arch {' or '.join(likely)}" if likely else ""
+    return f"; it looks like `arch` {' or '.join(likely)}" if likely else ""
 
 
 def load_backbone(src: str | Path, arch: str | None = None, **overrides) -> LoadedBackbone:
-    """Load a re2tal checkpoint (wiring from its config.json) or a foreign one (`arch` required)."""
+    """Load any backbone checkpoint: re2tal's (wiring from its config.json) or a foreign layout.
+
+    The architecture is `arch` if given, else the one a config.json beside the weights names (re2tal's, or
+    transformers' for VideoMAE: sizes and `use_mean_pooling`), else the only one whose keys and shapes the
+    checkpoint fits; when several fit, the error lists them. `LoadedBackbone.arch_from` says which."""
     path = hub.resolve(src)
     config = _read_config(path.parent / CONFIG_FILE)
+    state_dict = hub.read_state_dict(path)
     if config is not None:
         if arch is not None and arch != config["arch"]:
-            raise BadCheckpointError(f"{src}: is a {config['arch']} checkpoint (config.json), not {arch}")
-        arch = config["arch"]
-    elif arch is None:
-        raise BadCheckpointError(f"{src}: no re2tal config.json beside it; pass --arch to name its architecture")
-    spec = get_arch(arch)
-    model, converted = build_from_state_dict(spec, hub.read_state_dict(path), str(src), **overrides)
+            raise BadCheckpointError(f"{src}: is a {config['arch']} checkpoint (config.json), not `arch` {arch}")
+        arch, arch_from = config["arch"], "re2tal config.json" if arch is None else "given"
+    elif arch is not None:
+        arch_from = "given"
+    else:
+        arch, arch_from, implied = _arch_of(src, path, state_dict)
+        overrides = {**implied, **overrides}
+    model, converted = build_from_state_dict(get_arch(arch), state_dict, str(src), **overrides)
     wiring = Wiring.from_json(config["wiring"]) if config else Wiring()
     wiring.apply(model)
     source = config["source"]["uri"] if config else str(src)
-    return LoadedBackbone(model, arch, source, path, converted.format, wiring, config or {})
+    return LoadedBackbone(model, arch, arch_from, source, path, converted, wiring, config or {})
+
+
+def _arch_of(src, path: Path, state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str, dict]:
+    """(architecture, how it was chosen, constructor arguments the source's config implies) of a foreign
+    checkpoint with no `arch` given."""
+    foreign = path.parent / CONFIG_FILE
+    if foreign.is_file():
+        read = config_reader(_read_json(foreign).get("model_type"))
+        if read is not None:
+            arch, implied = read(_read_json(foreign), foreign)
+            return arch, "transformers config.json", implied
+    candidates = guess_arch(state_dict)
+    if len(candidates) == 1:
+        return candidates[0], "checkpoint keys and shapes", {}
+    if not candidates:
+        raise BadCheckpointError(
+            f"{src}: its keys and shapes fit no registered architecture; name one with `arch` (docs/models.md)"
+        )
+    raise BadCheckpointError(
+        f"{src}: its keys and shapes fit {len(candidates)} architectures ({', '.join(candidates)}); name one with "
+        "`arch`"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadCheckpointError(f"{path}: not valid JSON: {error}") from None
+    return data if isinstance(data, dict) else {}
 
 
 def _read_config(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise BadCheckpointError(f"{path}: not valid JSON: {error}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    data = _read_json(path)
+    if data.get("format") != FORMAT:
         return None  # some other library's config.json (e.g. transformers'): not ours
     for key in ("arch", "wiring", "source"):
         if key not in data:

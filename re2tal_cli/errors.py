@@ -1,7 +1,17 @@
-"""The exceptions a user can act on.
+"""The exceptions a user can act on, and the one rule for raising them.
 
-The CLI maps every `Re2talError` to one line on stderr and its `exit_code` (2: the input is wrong, 1: the run failed);
-anything else is a bug and keeps its traceback. Messages name the file or value at fault and, where one exists, the fix.
+The rule, for every module outside `cli/`:
+
+- Anything the caller's input can cause — a file, a name, a value, a recipe key, a shape — raises a `Re2talError`
+  subclass below, never `ValueError`, `KeyError` or an assert, whether the caller is the CLI or a Python user.
+  Anything else (a broken invariant) is a bug: let it raise whatever it raises, with its traceback.
+- The message is one line that names the file or value at fault and the problem, and the fix where one exists.
+- It never names a command-line flag. A message refers to a parameter of the function that was called (or a field
+  of its config) by its Python name in backticks — "`frames` must be a positive integer, got 0" — and the CLI shows
+  the flag that sets it instead ("--frames must be …"); names with no flag stay as they are.
+
+The CLI (`cli/_errors.py`) maps every `Re2talError` to that line on stderr and its `exit_code` (2: the input is
+wrong, 1: the run failed); the traceback is shown only with RE2TAL_TRACEBACK=1.
 """
 
 from __future__ import annotations
@@ -27,13 +37,14 @@ class BadCheckpointError(BadInputError):
 
 
 class UnknownNameError(BadInputError):
-    """A name (architecture, GPU, protocol, …) that no registry knows."""
+    """A name (architecture, GPU, protocol, …) that no registry knows; suggests the closest known ones."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]):
+    def __init__(self, kind: str, name: str, known: Iterable[str], param: str | None = None):
         known = sorted(known)
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known)}"
-        super().__init__(f"unknown {kind} {name!r}; {hint}")
+        prefix = f"`{param}`: " if param else ""
+        super().__init__(f"{prefix}unknown {kind} {name!r}; {hint}")
         self.name = name
         self.suggestions = close
 
@@ -47,7 +58,7 @@ class BadDataError(BadInputError):
 
 
 class OutputExistsError(BadInputError):
-    """The output directory exists and is not empty, and --force was not given."""
+    """The output exists and may not be replaced without `force`."""
 
 
 class NumericalError(Re2talError):

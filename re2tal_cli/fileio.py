@@ -1,4 +1,10 @@
-"""Atomic file output: a killed run never leaves a half-written file or directory behind."""
+"""Output files and directories: checked before the work, written atomically, readable as the umask allows.
+
+Atomic: everything is written under a temporary name beside its target and renamed onto it when complete, so a
+killed run never leaves a half-written file or directory, and a reader never sees one. Temporary files are created
+private (0600 / 0700, as `tempfile` makes them); the rename would keep that, so they get the permissions an ordinary
+`open`/`mkdir` would have given them (0666 / 0777 less the umask), and colleagues on a shared machine can read them.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from re2tal_cli.errors import OutputExistsError
+from re2tal_cli.errors import BadInputError, OutputExistsError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: Path, directory: bool) -> None:
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on failure removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _as_if_created(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -30,23 +47,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def check_output_dir(out: str | Path, force: bool) -> Path:
-    """Refuse a non-empty output directory unless `force`; call before any work so bad input writes nothing."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"{out}: directory exists and is not empty (pass --force to replace it)")
-    return out
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
+    """JSON (UTF-8, non-ASCII kept) written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=indent, ensure_ascii=False)
+        f.write("\n")
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | Path) -> Iterator[Path]:
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside `out`; on success it replaces `out` (whatever was there), else is removed."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +65,7 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _as_if_created(tmp, directory=True)
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -63,3 +73,35 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_creatable(path: str | os.PathLike, directory: bool = False) -> Path:
+    """Refuse, before any work, an output path that cannot be written: its nearest existing ancestor must be a
+    directory in which an entry can be created (tried, then removed), and the path itself, if it exists, must be of
+    the right kind. Nothing is left behind."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise BadInputError(f"{path}: exists and is {'not ' if directory else ''}a directory")
+    ancestor = path.parent if not path.exists() else path if directory else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BadInputError(f"{path}: cannot be created: {ancestor} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".re2tal-check-", dir=ancestor))
+    except OSError as error:
+        raise BadInputError(f"{path}: cannot be created in {ancestor} ({error.strerror})") from None
+    return path
+
+
+def check_output_dir(out: str | os.PathLike, force: bool, marker: str | None = None) -> Path:
+    """Refuse an output directory that cannot be created, or that holds results, unless `force`; call before any
+    work so bad input writes nothing. Results: anything, or with `marker` only that file (a dataset directory may
+    already hold videos, say, and still receive annotations)."""
+    out = check_creatable(out, directory=True)
+    if out.is_dir() and not force:
+        taken = (out / marker).exists() if marker else any(out.iterdir())
+        if taken:
+            what = f"{out / marker}: exists" if marker else f"{out}: directory exists and is not empty"
+            raise OutputExistsError(f"{what}; pass `force` to replace it")
+    return out

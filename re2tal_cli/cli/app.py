@@ -1,25 +1,34 @@
 """The `re2tal` command: assembles the commands, nothing else.
 
-Each command lives in its own module under `cli/`; it parses options, calls one core function and renders the result.
+Each command lives in its own module under `cli/` (a group's sub-commands in a folder, `cli/data/synth.py` for
+`re2tal data synth`), exporting `NAME`, `EPILOG` and `main`: it parses options, calls one core function and renders
+the result. Help is plain text (no rich markup, so a help string may contain brackets), `-h` is `--help`.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import typer
 
-from re2tal_cli.cli import data, evaluate, extract, memprofile, rewire
+from re2tal_cli.cli import evaluate, extract, memprofile, rewire
 from re2tal_cli.cli._errors import handle_errors
+from re2tal_cli.cli.data import convert, info, synth
 
-app = typer.Typer(
-    name="re2tal",
-    help="Reversible video backbones for end-to-end temporal action localization.",
+SETTINGS = dict(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app = typer.Typer(
+    name="re2tal", help="Reversible video backbones for end-to-end temporal action localization.", **SETTINGS
 )
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
@@ -31,10 +40,23 @@ def _root(
         raise typer.Exit()
 
 
-for command in (rewire, evaluate, extract, memprofile):
-    app.command(name=command.NAME, help=command.main.__doc__, epilog=command.EPILOG)(handle_errors(command.main))
+def _add(group: typer.Typer, command: ModuleType) -> None:
+    # "\b" keeps a paragraph's lines as written (click's marker), so example commands are not re-wrapped
+    epilog = "\n\n".join(f"\b\n{p}" for p in command.EPILOG.strip().split("\n\n"))
+    group.command(name=command.NAME, help=command.main.__doc__, epilog=epilog)(handle_errors(command.main))
 
-app.add_typer(data.app, name="data")
+
+for _command in (rewire, extract, evaluate, memprofile):
+    _add(app, _command)
+
+data = typer.Typer(
+    name="data",
+    help="Datasets: convert THUMOS-14 / ActivityNet-1.3 annotations, generate the synthetic set, summarise a dataset.",
+    **SETTINGS,
+)
+for _command in (convert, synth, info):
+    _add(data, _command)
+app.add_typer(data, name="data")
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from re2tal_cli.cli._options import Json
+
 if TYPE_CHECKING:
     from re2tal_cli.evaluate import EvaluationResult
 
@@ -29,25 +31,37 @@ def _parse_tiou(values: list[str] | None) -> list[float] | None:
     try:
         return [float(p) for p in parts]
     except ValueError:
-        raise typer.BadParameter(f"thresholds must be numbers, got {' '.join(values)!r}", param_hint="--tiou") from None
+        from re2tal_cli.errors import BadInputError
+
+        raise BadInputError(f"`tiou` thresholds must be numbers, got {' '.join(values)!r}") from None
 
 
 def main(
-    ground_truth: Annotated[Path, typer.Argument(help="ActivityNet-format annotations JSON, or a dataset directory.")],
-    predictions: Annotated[Path, typer.Argument(help="Submission JSON ({'results': ...}), or a train-tal run dir.")],
-    protocol: Annotated[str, typer.Option(help="anet: tIoU 0.5:0.05:0.95; thumos: 0.3:0.1:0.7 + Ambiguous.")] = "anet",
+    ground_truth: Annotated[
+        Path,
+        typer.Argument(metavar="GROUND_TRUTH", help="ActivityNet-format annotations JSON, or a dataset directory."),
+    ],
+    predictions: Annotated[
+        Path, typer.Argument(metavar="PREDICTIONS", help="Submission JSON ({'results': ...}), or a train-tal run dir.")
+    ],
+    protocol: Annotated[
+        str, typer.Option(metavar="NAME", help="anet: tIoU 0.5:0.05:0.95; thumos: 0.3:0.1:0.7 + Ambiguous.")
+    ] = "anet",
     tiou: Annotated[
-        list[str] | None, typer.Option(help="Thresholds replacing the protocol's, e.g. 0.3,0.5,0.7 (repeatable).")
+        list[str] | None,
+        typer.Option(metavar="T,…", help="Thresholds replacing the protocol's, e.g. 0.3,0.5,0.7 (repeatable)."),
     ] = None,
-    subset: Annotated[str | None, typer.Option(help="Ground-truth subset (default: validation, else test).")] = None,
+    subset: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Ground-truth subset (default: validation, else test).")
+    ] = None,
     breakdown: Annotated[
         bool, typer.Option("--breakdown", help="mAP and false-negative rate per action length.")
     ] = False,
     per_class: Annotated[bool, typer.Option("--per-class", help="AP of every class.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON only (mAP as fractions); warnings on stderr.")
-    ] = False,
-    plot: Annotated[Path | None, typer.Option(help="Write the length breakdown as a PNG (needs matplotlib).")] = None,
+    as_json: Json = False,
+    plot: Annotated[
+        Path | None, typer.Option(metavar="FILE.png", help="Write the length breakdown as a PNG (needs matplotlib).")
+    ] = None,
 ) -> None:
     """Mean average precision of temporal action localization predictions, equal to the ActivityNet evaluator."""
     from re2tal_cli.evaluate import evaluate
@@ -58,18 +72,15 @@ def main(
         protocol=protocol,
         tiou=_parse_tiou(tiou),
         subset=subset,
-        breakdown=breakdown or plot is not None,
+        breakdown=breakdown,
+        plot=plot,
     )
-    if plot is not None:
-        from re2tal_cli.evaluate.plot import plot_breakdown
-
-        plot_breakdown(result, plot)
 
     from rich.console import Console
 
     err = Console(stderr=True)
     for name, count in result.warnings.items():
-        err.print(f"[yellow]warning:[/] {count} {name.replace('_', ' ')}", highlight=False)
+        err.print(f"warning: {count} {name.replace('_', ' ')}", highlight=False, markup=False)
     if as_json:
         typer.echo(json.dumps(result.to_dict(per_class=per_class)))
         return
@@ -78,10 +89,14 @@ def main(
 
 def _render(result: EvaluationResult, per_class: bool, plot: Path | None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from re2tal_cli.text import plural
+
     out = Console()
-    table = Table(title=f"mAP ({result.protocol}, subset {result.subset}, {len(result.labels)} classes)")
+    classes = plural(len(result.labels), "class", "classes")
+    table = Table(title=escape(f"mAP ({result.protocol}, subset {result.subset}, {classes})"))
     table.add_column("tIoU", justify="right")
     table.add_column("mAP (%)", justify="right")
     for t, m in zip(result.tiou, result.mAP, strict=True):
@@ -107,7 +122,7 @@ def _render(result: EvaluationResult, per_class: bool, plot: Path | None) -> Non
         for name in ("class", "#GT", "AP (%)"):
             table.add_column(name, justify="left" if name == "class" else "right")
         for row in result.per_class():
-            table.add_row(row["label"], str(row["num_gt"]), f"{100 * row['average_ap']:.2f}")
+            table.add_row(escape(row["label"]), str(row["num_gt"]), f"{100 * row['average_ap']:.2f}")
         out.print(table)
     if plot is not None:
-        out.print(f"plot written to {plot}")
+        out.print(f"plot written to {plot}", markup=False)

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from re2tal_cli.cli._options import Arch, Checkpoint, Device, Json
+
 NAME = "extract"
 EPILOG = """Examples:
 
@@ -22,32 +24,50 @@ A rerun with the same settings skips the videos already extracted; failed videos
 
 
 def main(
-    checkpoint: Annotated[str, typer.Argument(help="Backbone checkpoint: a re2tal run dir or checkpoint file.")],
-    data: Annotated[Path, typer.Option(help="Dataset directory (annotations.json + videos/), or a folder of videos.")],
-    out: Annotated[Path, typer.Option(help="Output folder: <video id>.safetensors per video and index.json.")],
-    mode: Annotated[str, typer.Option(help="snippet (Fig. 4a: clips every --stride) or frames (Fig. 4b).")] = "snippet",
-    clip: Annotated[int | None, typer.Option(help="Snippet length in frames (default: the backbone's).")] = None,
-    stride: Annotated[int | None, typer.Option(help="Frames between snippet starts (default: clip/4).")] = None,
-    frame_step: Annotated[int, typer.Option(help="Source frames between the frames of a snippet/window.")] = 1,
-    num_frames: Annotated[
-        int | None, typer.Option(help="Frames mode: this many frames evenly over each video (default: all).")
+    checkpoint: Checkpoint,
+    data: Annotated[
+        Path, typer.Option(metavar="DIR", help="Dataset directory (annotations.json + videos/), or a folder of videos.")
+    ],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Output folder: <video id>.safetensors and index.json.")],
+    arch: Arch = None,
+    mode: Annotated[
+        str, typer.Option(metavar="MODE", help="snippet (Fig. 4a: clips every --stride) or frames (Fig. 4b).")
+    ] = "snippet",
+    clip: Annotated[
+        int | None, typer.Option(metavar="N", help="Snippet length in frames (default: the backbone's).")
     ] = None,
-    window: Annotated[int, typer.Option(help="Frames mode: frames per backbone call.")] = 256,
-    size: Annotated[int | None, typer.Option(help="Input side in pixels (default: the backbone's).")] = None,
-    batch: Annotated[int, typer.Option(help="Snippets per backbone call.")] = 8,
-    subset: Annotated[str | None, typer.Option(help="Only this subset of the dataset (default: all).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, …")] = "cpu",
+    stride: Annotated[
+        int | None, typer.Option(metavar="N", help="Frames between snippet starts (default: clip/4).")
+    ] = None,
+    frame_step: Annotated[
+        int, typer.Option(metavar="N", help="Source frames between the frames of a snippet/window.")
+    ] = 1,
+    num_frames: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Frames mode: this many frames evenly over each video (default: all)."),
+    ] = None,
+    window: Annotated[int, typer.Option(metavar="N", help="Frames mode: frames per backbone call.")] = 256,
+    size: Annotated[
+        int | None, typer.Option(metavar="S", help="Input side in pixels (default: the backbone's).")
+    ] = None,
+    batch: Annotated[int, typer.Option(metavar="N", help="Snippets per backbone call.")] = 8,
+    subset: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Only this subset of the dataset (default: all).")
+    ] = None,
+    device: Device = "cpu",
     amp: Annotated[bool, typer.Option("--amp", help="Autocast (bf16 on CPU, fp16 on CUDA).")] = False,
     threads: Annotated[
-        int, typer.Option(help="CPU threads for torch (0: torch's default; 1 is fastest on a busy machine).")
+        int,
+        typer.Option(metavar="N", help="CPU threads for torch (0: torch's default; 1 is fastest on a busy machine)."),
     ] = 0,
     force: Annotated[bool, typer.Option("--force", help="Recompute outputs that already exist.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON only.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Extract backbone features of every video (snippet or frames input), skipping those already done."""
     import torch
 
-    from re2tal_cli.data.extract import ExtractSettings, extract_features
+    from re2tal_cli.cli._progress import ProgressBar
+    from re2tal_cli.extract import ExtractSettings, extract_features
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -64,72 +84,58 @@ def main(
         device=device,
         amp=amp,
     )
-    from rich.console import Console
-
-    err = Console(stderr=True)
-    with _Progress(err, quiet=as_json) as progress:
-        result = extract_features(checkpoint, data, out, settings, subset=subset, force=force, progress=progress)
+    with ProgressBar("extracting", quiet=as_json, transient=False) as bar:
+        events = _Events(bar, arch_given=arch is not None)
+        result = extract_features(
+            checkpoint, data, out, settings, arch=arch, subset=subset, force=force, progress=events
+        )
     summary = result.to_dict()
     summary.update(written=len(result.written), skipped=len(result.skipped))
     if as_json:
         typer.echo(json.dumps(summary))
     else:
-        console = Console()
-        rate = result.frames / result.seconds if result.seconds > 0 else 0.0
-        console.print(
-            f"{out}: {len(result.written)} written, {len(result.skipped)} already done, {len(result.failed)} failed "
-            f"({result.frames} frames in {result.seconds:.1f} s, {rate:.0f} frames/s)",
+        from rich.console import Console
+
+        processed = len(result.written) + len(result.failed)
+        rates = (
+            f"{result.frames} frames in {result.seconds:.1f} s, {result.frames / result.seconds:.0f} frames/s"
+            if processed and result.seconds > 0
+            else "nothing to extract"
+        )
+        failed = f"{len(result.failed)} failed (listed above)" if result.failed else "0 failed"
+        Console().print(
+            f"{out}: {len(result.written)} written, {len(result.skipped)} already done, {failed} ({rates})",
             highlight=False,
         )
-        for vid, reason in result.failed.items():
-            err.print(f"[red]failed[/] {vid}: {reason}", highlight=False)
     if result.failed:
         raise typer.Exit(code=1)
 
 
-class _Progress:
-    """Turns the core's progress events into a rich bar with videos/s and frames/s (on stderr)."""
+class _Events:
+    """The core's progress events → the bar (videos, with the rate of the videos actually processed) and one line
+    per failure, printed once, as it happens (also with --json: stdout keeps the JSON)."""
 
-    def __init__(self, console, quiet: bool):
-        self.console, self.quiet = console, quiet
-        self.progress = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-        return False
+    def __init__(self, bar, arch_given: bool):
+        self.bar, self.arch_given = bar, arch_given
 
     def __call__(self, event: dict) -> None:
         import time
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        if self.quiet:
-            if event["event"] == "video" and event["status"] == "failed":
-                self.console.print(f"failed {event['id']}: {event['error']}", highlight=False)
+        kind = event["event"]
+        if kind == "start":
+            if not self.arch_given:
+                self.bar.log(f"architecture: {event['arch']} (from the {event['arch_from']})")
+            self.total, self.done, self.processed, self.frames = event["videos"], 0, 0, 0
+            self.t0 = time.perf_counter()
+            self.bar(0, self.total)
             return
-        if event["event"] == "start":
-            self.progress = Progress(
-                TextColumn("extracting"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rates]}"),
-                TimeElapsedColumn(),
-                console=self.console,
-            )
-            self.progress.__enter__()
-            self.task = self.progress.add_task("extract", total=event["videos"], rates="")
-            self.t0, self.videos, self.frames = time.perf_counter(), 0, 0
-            return
-        if event["event"] == "frames":
+        if kind == "frames":
             self.frames += event["count"]
-        elif event["event"] == "video":
-            self.videos += 1
+        elif kind == "video":
+            self.done += 1
+            self.processed += event["status"] != "skipped"
             if event["status"] == "failed":
-                self.progress.console.print(f"[red]failed[/] {event['id']}: {event['error']}", highlight=False)
-            self.progress.advance(self.task)
+                self.bar.log(f"failed {event['id']}: {event['error']}")
         dt = max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(self.task, rates=f"{self.videos / dt:.2f} videos/s, {self.frames / dt:.0f} frames/s")
+        rates = f"{self.processed / dt:.2f} videos/s, {self.frames / dt:.0f} frames/s" if self.processed else ""
+        self.bar(self.done, self.total, rates)

@@ -1,4 +1,4 @@
-"""`re2tal memprofile`: the Typer glue for `re2tal_cli.memory` (estimate, measure, sweep, GPU verdicts)."""
+"""`re2tal memprofile`: the Typer glue for `re2tal_cli.memprofile.memprofile`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from re2tal_cli.cli._options import Json
 
 NAME = "memprofile"
 EPILOG = """Examples:
@@ -24,211 +26,108 @@ EPILOG = """Examples:
 
 
 def main(
-    arch: Annotated[str, typer.Option(help="Architecture name (e.g. vit-b, swin3d-t, slowfast-r50).")],
-    frames: Annotated[int | None, typer.Option(help="Frames per clip, T (default: the arch's pretraining T).")] = None,
-    size: Annotated[int | None, typer.Option(help="Crop side S in pixels (default: the arch's).")] = None,
-    batch: Annotated[int, typer.Option(help="Clips per step, B.")] = 1,
-    wiring: Annotated[str, typer.Option(help="plain, checkpoint, reversible or all.")] = "all",
-    amp: Annotated[str, typer.Option(help="Autocast: none, bf16 (CPU/CUDA) or fp16 (CUDA).")] = "none",
-    optimizer: Annotated[str, typer.Option(help="adamw (2 states per parameter) or sgd (momentum: 1).")] = "adamw",
-    drop_path: Annotated[float, typer.Option(help="Backbone stochastic depth (it changes what is kept).")] = 0.1,
+    arch: Annotated[str, typer.Option(metavar="NAME", help="Architecture name (e.g. vit-b, swin3d-t, slowfast-r50).")],
+    frames: Annotated[
+        int | None, typer.Option(metavar="T", help="Frames per clip (default: the arch's pretraining T).")
+    ] = None,
+    size: Annotated[int | None, typer.Option(metavar="S", help="Crop side in pixels (default: the arch's).")] = None,
+    batch: Annotated[int, typer.Option(metavar="B", help="Clips per step.")] = 1,
+    wiring: Annotated[str, typer.Option(metavar="NAME", help="plain, checkpoint, reversible or all.")] = "all",
+    amp: Annotated[str, typer.Option(metavar="MODE", help="Autocast: none, bf16 (CPU/CUDA) or fp16 (CUDA).")] = "none",
+    optimizer: Annotated[
+        str, typer.Option(metavar="NAME", help="adamw (2 states per parameter) or sgd (momentum: 1).")
+    ] = "adamw",
+    drop_path: Annotated[
+        float, typer.Option(metavar="P", help="Backbone stochastic depth (it changes what is kept).")
+    ] = 0.1,
     head: Annotated[
         str,
-        typer.Option(help="Localizer trained on the features: none or actionformer (THUMOS-14 config, end to end)."),
+        typer.Option(
+            metavar="NAME",
+            help="Localizer trained on the features: none or actionformer (THUMOS-14 config, end to end).",
+        ),
     ] = "none",
     gpu: Annotated[
-        str | None, typer.Option(help="GPU from the catalogue (docs/memprofile.md), e.g. a100-40gb.")
+        str | None, typer.Option(metavar="NAME", help="GPU from the catalogue (docs/memprofile.md), e.g. a100-40gb.")
     ] = None,
-    gpu_mem: Annotated[float | None, typer.Option(help="Usable GPU memory in GiB, instead of --gpu.")] = None,
+    gpu_mem: Annotated[
+        float | None, typer.Option(metavar="GIB", help="Usable GPU memory in GiB, instead of --gpu.")
+    ] = None,
     device: Annotated[
         str | None,
-        typer.Option(help="Device of the step: cuda (estimate default) or cpu (--measure default without CUDA)."),
+        typer.Option(
+            metavar="DEVICE",
+            help="Device of the step: cuda (estimate default) or cpu (--measure default without CUDA).",
+        ),
     ] = None,
-    measure: Annotated[bool, typer.Option(help="Also run real training steps and report the measured peak.")] = False,
-    sweep: Annotated[str | None, typer.Option(help="Series of estimates vs depth, frames or size.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="With --sweep: write the figure here (needs matplotlib).")] = None,
-    max_: Annotated[
-        str | None, typer.Option("--max", help="With --gpu/--gpu-mem: the largest frames or batch that fits.")
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Also run real training steps and report the measured peak.")
+    ] = False,
+    sweep: Annotated[
+        str | None, typer.Option(metavar="AXIS", help="Series of estimates vs depth, frames or size.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print only JSON, with every component.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option(metavar="FILE.png", help="With --sweep: write the figure here (needs matplotlib).")
+    ] = None,
+    largest: Annotated[
+        str | None,
+        typer.Option("--max", metavar="WHAT", help="With --gpu/--gpu-mem: the largest frames or batch that fits."),
+    ] = None,
+    as_json: Json = False,
 ) -> None:
     """Will this training configuration fit my GPU? Estimate (and measure) plain vs checkpoint vs reversible."""
-    from re2tal_cli.errors import BadInputError
-    from re2tal_cli.memory import gpus
-    from re2tal_cli.memory.heads import HeadName
-    from re2tal_cli.memory.step import WIRINGS, StepConfig, WiringName
-    from re2tal_cli.models import get_arch
+    from re2tal_cli.cli._progress import ProgressBar
+    from re2tal_cli.memprofile import memprofile
 
-    spec = get_arch(arch)
-    for name, value in (("--frames", frames), ("--size", size), ("--batch", batch)):
-        if value is not None and value <= 0:
-            raise BadInputError(f"{name} must be a positive integer, got {value}")
-    if gpu is not None and gpu_mem is not None:
-        raise BadInputError("give --gpu or --gpu-mem, not both")
-    target = gpus.get_gpu(gpu) if gpu is not None else gpus.custom_gpu(gpu_mem) if gpu_mem is not None else None
-    if max_ is not None and target is None:
-        raise BadInputError("--max needs a GPU: add --gpu NAME or --gpu-mem GiB")
-    if plot is not None and sweep is None:
-        raise BadInputError("--plot draws a --sweep: add --sweep depth|frames|size")
-    if wiring == "all":
-        wirings = list(WIRINGS)
-    else:
-        try:
-            wirings = [WiringName(wiring)]
-        except ValueError:
-            raise BadInputError(f"--wiring must be plain, checkpoint, reversible or all, got {wiring!r}") from None
-    if head != "none" and head not in {h.value for h in HeadName}:
-        raise BadInputError(f"--head must be none or {', '.join(HeadName)}, got {head!r}")
-    if device is None:
-        import torch
-
-        device = "cpu" if measure and not torch.cuda.is_available() else "cuda"
-    base = StepConfig(
-        arch,
-        frames if frames is not None else spec.input.num_frames,
-        size if size is not None else spec.input.image_size,
-        batch,
-        wirings[0],
-        amp,
-        optimizer,
-        drop_path,
-        device,
-        None if head == "none" else head,
-    )
-    if sweep is not None:
-        _sweep(base, sweep, wirings, target, plot, as_json)
-        return
-    report = _profile(base, wirings, target, measure, max_)
+    with ProgressBar("memprofile", quiet=as_json) as bar:
+        report = memprofile(
+            arch,
+            frames=frames,
+            size=size,
+            batch=batch,
+            wiring=wiring,
+            amp=amp,
+            optimizer=optimizer,
+            drop_path=drop_path,
+            head=head,
+            gpu=gpu,
+            gpu_mem=gpu_mem,
+            device=device,
+            measure=measure,
+            sweep=sweep,
+            plot=plot,
+            largest=largest,
+            progress=lambda done, total, what: bar(done, total, what),
+        )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
+    elif sweep is not None:
+        _render_sweep(report)
     else:
         _render(report)
 
 
-def _profile(base, wirings, target, measure: bool, max_: str | None) -> dict:
-    from dataclasses import replace
-
-    from re2tal_cli.memory import gpus
-    from re2tal_cli.memory.estimate import estimate_all
-    from re2tal_cli.memory.measure import measure as run_measure
-    from re2tal_cli.memory.sweep import max_fitting
-
-    configs = [replace(base, wiring=w) for w in wirings]
-    rows = []
-    for config, e in zip(configs, estimate_all(configs), strict=True):
-        row = {"wiring": config.wiring.value, "estimate": e.to_json()}
-        if target is not None:
-            v = gpus.verdict(e.total_peak, target)
-            row["gpu"] = {"verdict": v.label, "headroom_bytes": v.headroom, "usable_bytes": v.usable}
-        if max_ is not None:
-            n, _ = max_fitting(config, target, max_)
-            row["max"] = {max_: n}
-        if measure:
-            _check_measurable(e.total_peak, config.device)
-            m = run_measure(config)
-            row["measured"] = m.to_json()
-            row["relative_error"] = (e.total_peak - m.peak) / m.peak
-        rows.append(row)
-    return {
-        "config": base.to_json() | {"wiring": [w.value for w in wirings]},
-        "gpu": None if target is None else {"name": target.name, "usable_bytes": target.usable_bytes},
-        "wirings": rows,
-    }
-
-
-def _check_measurable(peak: int, device: str) -> None:
-    """Refuse a measured run that would not fit this machine (it would swap or be killed, not measure)."""
-    from re2tal_cli.errors import BadInputError
-
-    if device == "cpu":
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        available = int(info["MemAvailable"].split()[0]) * 1024
-    else:
-        import torch
-
-        available, _ = torch.cuda.mem_get_info()
-    if peak > 0.8 * available:
-        raise BadInputError(
-            f"--measure: the estimated peak {peak / 2**30:.1f} GiB exceeds 80 % of the {available / 2**30:.1f} GiB "
-            f"available on this {device}; measure a smaller configuration (--frames, --size, --batch)"
-        )
-
-
-def _sweep(base, axis: str, wirings, target, plot: Path | None, as_json: bool) -> None:
-    from re2tal_cli.errors import BadInputError
-    from re2tal_cli.memory.sweep import SweepAxis, sweep
-
-    try:
-        axis = SweepAxis(axis)
-    except ValueError:
-        raise BadInputError(f"--sweep must be depth, frames or size, got {axis!r}") from None
-    series = sweep(base, axis, wirings)
-    if plot is not None:
-        _plot(series, target, plot)
-    if as_json:
-        data = series.to_json() | {
-            "gpu": None if target is None else {"name": target.name, "usable_bytes": target.usable_bytes}
-        }
-        typer.echo(json.dumps(data, indent=2))
-        return
+def _render_sweep(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    title = f"memprofile sweep over {axis.value}: peak GiB per wiring"
+    target = report["gpu"]
+    title = f"memprofile sweep over {report['axis']}: peak GiB per wiring"
     if target is not None:
-        title += f" (limit: {target.name}, {target.usable_bytes / 2**30:.1f} GiB usable)"
+        title += f" (limit: {target['name']}, {target['usable_bytes'] / 2**30:.1f} GiB usable)"
     table = Table(title=title)
-    table.add_column(axis.value)
-    for w in series.estimates:
+    table.add_column(report["axis"])
+    for w in report["peak_bytes"]:
         table.add_column(w, justify="right")
-    for i, point in enumerate(series.points):
+    for i, point in enumerate(report["points"]):
         cells = []
-        for es in series.estimates.values():
-            peak = es[i].total_peak
-            over = target is not None and peak > target.usable_bytes
-            cells.append(f"[red]{peak / 2**30:.2f} OOM[/red]" if over else f"{peak / 2**30:.2f}")
+        for peaks in report["peak_bytes"].values():
+            over = target is not None and peaks[i] > target["usable_bytes"]
+            cells.append(f"[red]{peaks[i] / 2**30:.2f} OOM[/red]" if over else f"{peaks[i] / 2**30:.2f}")
         table.add_row(point, *cells)
     Console().print(table)
-    if plot is not None:
-        Console().print(f"figure: {plot}")
-
-
-def _plot(series, target, out: Path) -> None:
-    from re2tal_cli.errors import BadInputError
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise BadInputError("--plot needs matplotlib: pip install 're2tal[plot]'") from None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = list(range(len(series.points)))
-    for wiring, es in series.estimates.items():
-        y = [e.total_peak / 2**30 for e in es]
-        (line,) = ax.plot(x, y, marker="o", label=wiring)
-        if target is not None:
-            over = [(i, v) for i, v in zip(x, y, strict=True) if v * 2**30 > target.usable_bytes]
-            if over:
-                ax.scatter(*zip(*over, strict=True), marker="x", s=80, color=line.get_color(), zorder=3)
-    if target is not None:
-        ax.axhline(target.usable_bytes / 2**30, color="black", linestyle="--", label=f"{target.name} usable")
-    ax.set_xticks(x, series.points, rotation=30 if series.axis.value == "depth" else 0)
-    ax.set_xlabel({"depth": "backbone", "frames": "frames per clip", "size": "crop size"}[series.axis.value])
-    ax.set_ylabel("peak training memory (GiB)")
-    c = next(iter(series.estimates.values()))[0].config
-    setting = f"B={c.batch}" + ("" if series.axis.value == "frames" else f", T={c.frames}")
-    setting += "" if series.axis.value == "size" else f", {c.size}²"
-    setting += f", amp {c.amp.value}, {c.optimizer.value}" + (f", + {c.head.value}" if c.head is not None else "")
-    ax.set_title(f"estimated peak per training step (× = out of memory)\n{setting}", fontsize=10)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    if report["plot"] is not None:
+        Console().print(f"figure: {report['plot']}", markup=False)
 
 
 def _gib(n: int) -> str:

@@ -8,46 +8,51 @@ from typing import Annotated
 
 import typer
 
+from re2tal_cli.cli._options import Arch, Checkpoint, Force, Json
+
 NAME = "rewire"
 EPILOG = """Examples:
 
-  re2tal rewire hf://MCG-NJU/videomae-base-finetuned-kinetics --arch vit-b --out runs/rw
+  re2tal rewire hf://MCG-NJU/videomae-base-finetuned-kinetics --out runs/rw
 
   re2tal rewire videomae_b.pth --arch vit-b --out runs/rw --alpha 1 --beta 0.1   # Dr²Net's starting point
 
-  re2tal rewire runs/src/model.safetensors --arch vit-tiny --out runs/rw --check --json
+  re2tal rewire runs/src/model.safetensors --out runs/rw --check --json
 """
 
 
 def main(
-    src: Annotated[
-        str, typer.Argument(help="Checkpoint: hf://ORG/REPO[/FILE][@REV] or a local .safetensors/.pth/.pt/.bin")
-    ],
-    arch: Annotated[str, typer.Option(help="Architecture name (see the list in docs/models.md).")],
-    out: Annotated[Path, typer.Option(help="Output directory for model.safetensors and config.json.")],
-    alpha: Annotated[float, typer.Option(help="Dual-residual α (1 with β=0 is the original network).")] = 0.0,
-    beta: Annotated[float, typer.Option(help="Dual-residual β (> 0 for a reversible network; 1 is Re²TAL).")] = 1.0,
+    src: Checkpoint,
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Output directory for model.safetensors and config.json.")],
+    arch: Arch = None,
+    alpha: Annotated[
+        float, typer.Option(metavar="A", help="Dual-residual α (1 with β=0 is the original network).")
+    ] = 0.0,
+    beta: Annotated[
+        float, typer.Option(metavar="B", help="Dual-residual β (> 0 for a reversible network; 1 is Re²TAL).")
+    ] = 1.0,
     check: Annotated[
-        bool, typer.Option(help="Measure reconstruction and gradient error against ordinary autograd.")
+        bool, typer.Option("--check", help="Measure reconstruction and gradient error against ordinary autograd.")
     ] = False,
-    check_frames: Annotated[int | None, typer.Option(help="Frames of the --check input (default: the arch's).")] = None,
-    check_size: Annotated[int | None, typer.Option(help="Side of the --check input (default: the arch's).")] = None,
+    check_frames: Annotated[
+        int | None, typer.Option(metavar="T", help="Frames of the --check input (default: the arch's).")
+    ] = None,
+    check_size: Annotated[
+        int | None, typer.Option(metavar="S", help="Side of the --check input (default: the arch's).")
+    ] = None,
     check_fp64: Annotated[bool, typer.Option("--check-fp64", help="Run --check in float64.")] = False,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON only.")] = False,
+    force: Force = False,
+    as_json: Json = False,
 ) -> None:
     """Rewire a pretrained backbone into a reversible one with the same parameters."""
     import torch
 
     from re2tal_cli.rewire import rewire
 
-    for name, value in (("--check-frames", check_frames), ("--check-size", check_size)):
-        if value is not None and value <= 0:
-            raise typer.BadParameter(f"must be positive, got {value}", param_hint=name)
     report = rewire(
         src,
-        arch,
         out,
+        arch=arch,
         alpha=alpha,
         beta=beta,
         force=force,
@@ -69,10 +74,15 @@ def _render(report) -> None:
     table = Table(title=f"rewire {report.arch}: α={report.alpha:g}, β={report.beta:g}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
+    table.add_row("architecture", f"{report.arch} ({report.arch_from})")
     table.add_row("source", f"{report.source} ({report.source_format})")
     table.add_row("source sha256", report.source_sha256[:16] + "…")
-    table.add_row("parameters reused", f"{report.source_tensors} tensors, {report.source_values:,} values")
-    table.add_row("parameters written", f"{report.written_tensors} tensors, {report.written_values:,} values")
+    table.add_row(
+        "tensors reused",
+        f"{report.source_tensors} tensors, {report.source_values:,} values ({report.parameters:,} parameters, "
+        "the rest buffers such as BatchNorm statistics)",
+    )
+    table.add_row("tensors written", f"{report.written_tensors} tensors, {report.written_values:,} values")
     table.add_row("values equal to source", "yes" if report.values_equal else "[red]no[/red]")
     if report.dropped_keys:
         table.add_row("dropped (not backbone)", f"{len(report.dropped_keys)} keys, e.g. {report.dropped_keys[0]}")

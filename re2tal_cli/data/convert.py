@@ -12,7 +12,7 @@ excuses detections over them, and our dataset reader sets them apart (`VideoEntr
 video annotated only with Ambiguous spans (one test video) is kept, with no actions, as the official test set keeps
 it.
 
-The files carry no durations: they come from probing the videos (`videos_dir`) or from a JSON {video id: seconds}.
+The files carry no durations: they come from probing the videos (`videos`) or from a JSON {video id: seconds}.
 
 ActivityNet-1.3 — one JSON file: {"version", "taxonomy", "database": {id: {"subset": training|validation|testing,
 "duration", "resolution", "url", "annotations": [{"segment": [s, e], "label"}]}}}. Subsets map to train/val/test;
@@ -28,10 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from re2tal_cli.data.datasets import AMBIGUOUS, Segment, VideoEntry
-from re2tal_cli.errors import BadDataError
+from re2tal_cli.data.datasets import AMBIGUOUS, ANNOTATIONS, Segment, VideoEntry, save_annotations
+from re2tal_cli.errors import BadDataError, BadInputError, UnknownNameError
+from re2tal_cli.fileio import check_output_dir
+from re2tal_cli.text import plural
 
-__all__ = ["ConvertResult", "convert_thumos14", "convert_activitynet"]
+__all__ = ["FORMATS", "ConvertResult", "convert", "convert_thumos14", "convert_activitynet"]
+
+FORMATS = ("thumos14", "activitynet")
 
 THUMOS_SPLITS = {"val": "train", "validation": "train", "test": "test"}
 _THUMOS_FILE = re.compile(r"^(?P<cls>[A-Za-z]+)_(?P<split>val|validation|test)\.txt$")
@@ -109,7 +113,7 @@ def _probe_durations(
 def convert_thumos14(
     annotations: str | os.PathLike,
     *,
-    videos_dir: str | os.PathLike | None = None,
+    videos: str | os.PathLike | None = None,
     durations: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ConvertResult:
@@ -147,17 +151,17 @@ def convert_thumos14(
         known = _load_durations(Path(durations))
         fps: dict[str, float] = {}
         missing = [v for v in ids if v not in known]
-    elif videos_dir is not None:
-        known, fps, missing = _probe_durations(Path(videos_dir), ids, progress)
+    elif videos is not None:
+        known, fps, missing = _probe_durations(Path(videos), ids, progress)
     else:
         raise BadDataError(
-            "THUMOS-14 annotation files carry no video durations: pass --videos DIR (the THUMOS videos, probed) "
-            "or --durations FILE (JSON {video id: seconds})"
+            "THUMOS-14 annotation files carry no video durations: give `videos` (the folder of THUMOS videos, "
+            "probed) or `durations` (a JSON file {video id: seconds})"
         )
     if missing:
         raise BadDataError(
-            f"no duration for {len(missing)} annotated video(s) (first: {missing[0]}); "
-            "check --videos/--durations covers validation and test videos"
+            f"no duration for {plural(len(missing), 'annotated video')} (first: {missing[0]}); check that "
+            "`videos` or `durations` covers the validation and test videos"
         )
 
     entries = {}
@@ -225,3 +229,30 @@ def convert_activitynet(path: str | os.PathLike, *, id_prefix: str = "") -> Conv
         vid = f"{id_prefix}{raw_id}"
         entries[vid] = VideoEntry(id=vid, subset=ANET_SUBSETS[subset], duration=duration, segments=segments)
     return ConvertResult(entries, sorted(classes), "activitynet-1.3", warnings)
+
+
+def convert(
+    fmt: str,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    videos: str | os.PathLike | None = None,
+    durations: str | os.PathLike | None = None,
+    id_prefix: str = "",
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """`re2tal data convert`: the annotations of `source` in format `fmt` written as OUT/annotations.json (the
+    directory may hold videos already); returns the conversion's summary."""
+    if fmt not in FORMATS:
+        raise UnknownNameError("annotation format", fmt, FORMATS, param="fmt")
+    if fmt == "activitynet" and (videos or durations):
+        raise BadInputError("an ActivityNet JSON has its durations: drop `videos` and `durations`")
+    out = check_output_dir(out, force, marker=ANNOTATIONS)
+    if fmt == "thumos14":
+        result = convert_thumos14(source, videos=videos, durations=durations, progress=progress)
+    else:
+        result = convert_activitynet(source, id_prefix=id_prefix)
+    out.mkdir(parents=True, exist_ok=True)
+    save_annotations(out / ANNOTATIONS, result.entries, version=result.source, classes=result.classes)
+    return {**result.summary(), "out": str(out / ANNOTATIONS)}

@@ -28,17 +28,18 @@ import numpy as np
 
 from re2tal_cli.data.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, FrameFolder, VideoFile, open_video
 from re2tal_cli.errors import BadDataError
+from re2tal_cli.fileio import write_json_atomic
 
 __all__ = [
     "Segment",
     "VideoEntry",
     "load_annotations",
     "save_annotations",
-    "write_json_atomic",
     "find_media",
     "class_names",
     "TALDataset",
     "ClipDataset",
+    "EpochSampler",
     "make_loader",
     "SUBSETS",
 ]
@@ -72,17 +73,6 @@ class VideoEntry:
             {"segment": [round(s.start, 6), round(s.end, 6)], "label": s.label} for s in self.segments
         ] + [{"segment": [round(s, 6), round(e, 6)], "label": AMBIGUOUS} for s, e in self.ambiguous]
         return out
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _annotation_file(path: str | os.PathLike) -> Path:
@@ -163,6 +153,10 @@ def class_names(entries: dict[str, VideoEntry]) -> list[str]:
     return sorted({s.label for e in entries.values() for s in e.segments})
 
 
+def _epoch_and_item(key: int | tuple[int, int], default_epoch: int) -> tuple[int, int]:
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (default_epoch, int(key))
+
+
 def _rng(seed: int, epoch: int, item: int) -> tuple[np.random.Generator, Any]:
     """Per-sample generators (numpy for frame choice, torch for augmentation) from (seed, epoch, item)."""
     import torch
@@ -213,6 +207,7 @@ class TALDataset:
         std: Sequence[float] = (0.5, 0.5, 0.5),
         classes: Sequence[str] | None = None,
         seed: int = 0,
+        windows_per_video: int = 1,
     ):
         from re2tal_cli.data.sampling import window_starts
 
@@ -220,6 +215,8 @@ class TALDataset:
             raise ValueError(f"sampling must be 'uniform' or 'window', got {sampling!r}")
         if windows not in ("random", "all"):
             raise ValueError(f"windows must be 'random' or 'all', got {windows!r}")
+        if windows_per_video < 1 or (windows_per_video > 1 and (sampling, windows) != ("window", "random")):
+            raise ValueError("windows_per_video > 1 needs sampling='window' with windows='random'")
         self.root = Path(root)
         entries = load_annotations(self.root)
         self.classes = list(classes) if classes is not None else class_names(entries)
@@ -250,12 +247,14 @@ class TALDataset:
                 self.items += [(k, int(s)) for s in window_starts(n, num_frames, stride, overlap)]
             else:
                 self.items.append((k, None))
+        self.items *= windows_per_video  # each copy draws its own window: the draw is seeded by the item's index
 
     def _source(self, entry: VideoEntry):
         return self._sources.get(self.media[entry.id], entry.fps)
 
     def set_epoch(self, epoch: int) -> None:
-        """Change the random draws (window starts, augmentation) for a new epoch; call before each epoch."""
+        """The epoch of the random draws (window starts, augmentation) for items indexed by a plain int; a loader
+        from `make_loader` passes (epoch, item) keys instead, which reach worker processes too."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -278,15 +277,16 @@ class TALDataset:
             idx = jitter_indices(idx, n, jitter, rng)
         return idx
 
-    def __getitem__(self, item: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         import torch
 
         from re2tal_cli.data.transforms import eval_transform, normalize, to_tensor
 
+        epoch, item = _epoch_and_item(key, self.epoch)
         k, _ = self.items[item]
         entry = self.entries[k]
         source = self._source(entry)
-        rng, gen = _rng(self.seed, self.epoch, item)
+        rng, gen = _rng(self.seed, epoch, item)
         idx = self.frame_indices(item, rng if self.augment is not None or self.windows == "random" else None)
         x = to_tensor(source.read(idx))
         x = self.augment(x, gen) if self.augment is not None else eval_transform(x, self.size)
@@ -408,12 +408,13 @@ class ClipDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, item: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         import torch
 
         from re2tal_cli.data.sampling import window_indices
         from re2tal_cli.data.transforms import eval_transform, normalize, to_tensor
 
+        epoch, item = _epoch_and_item(key, self.epoch)
         sample = self.samples[item]
         source = self._sources.get(sample.path)
         times = np.asarray(source.times)
@@ -422,7 +423,7 @@ class ClipDataset:
         first, last = min(first, source.num_frames - 1), max(last, first)
         span = self.num_frames * self.frame_stride
         room = max(last - first + 1 - span, 0)
-        rng, gen = _rng(self.seed, self.epoch, item)
+        rng, gen = _rng(self.seed, epoch, item)
         start = first + (int(rng.integers(0, room + 1)) if self.train else room // 2)
         idx = np.minimum(window_indices(source.num_frames, self.num_frames, self.frame_stride, start), last)
         x = to_tensor(source.read(idx))
@@ -448,6 +449,29 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class EpochSampler:
+    """The samples of one epoch as (epoch, index) keys, shuffled by (seed, epoch).
+
+    The order and, through the key, every sample's random draws (window start, augmentation) are functions of the
+    seed and the epoch alone: they reach persistent worker processes (which hold their own copy of the dataset, so
+    `set_epoch` on the dataset would not), and a run resumed at epoch k draws what an uninterrupted one does."""
+
+    def __init__(self, size: int, shuffle: bool = False, seed: int = 0):
+        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = range(self.size)
+        if self.shuffle:
+            order = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch])).permutation(self.size)
+        return iter([(self.epoch, int(i)) for i in order])
+
+
 def make_loader(
     dataset,
     batch_size: int = 1,
@@ -458,19 +482,18 @@ def make_loader(
     drop_last: bool = False,
     collate_fn: Callable | None = None,
 ):
-    """A DataLoader with worker processes and pinned memory when CUDA is present; order seeded by `seed`."""
+    """A DataLoader over (epoch, index) keys from an `EpochSampler` (`loader.sampler.set_epoch(e)` before epoch e),
+    with worker processes and pinned memory when CUDA is present."""
     import torch
     from torch.utils.data import DataLoader
 
-    generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochSampler(len(dataset), shuffle, seed),
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         drop_last=drop_last,
         collate_fn=collate_fn or collate,
-        generator=generator,
     )

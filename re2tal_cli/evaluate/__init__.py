@@ -155,14 +155,21 @@ def evaluate(
     tiou: Sequence[float] | None = None,
     subset: str | None = None,
     breakdown: bool = False,
+    plot: str | Path | None = None,
 ) -> EvaluationResult:
     """mAP of a prediction file against ground truth under a protocol, optionally with the length breakdown.
 
     `ground_truth` is an annotations JSON or a dataset directory; `prediction` a submission JSON or a train-tal run
-    directory. `tiou` replaces the protocol's thresholds; `subset=None` picks validation, else test.
+    directory. `tiou` replaces the protocol's thresholds; `subset=None` picks validation, else test. `plot`: also
+    write the length breakdown as a PNG there (checked before the work).
     """
     if protocol not in PROTOCOLS:
-        raise UnknownNameError("protocol", protocol, PROTOCOLS)
+        raise UnknownNameError("protocol", protocol, PROTOCOLS, param="protocol")
+    if plot is not None:
+        from re2tal_cli.plotting import check_plot_path
+
+        check_plot_path(plot)
+        breakdown = True
     spec = PROTOCOLS[protocol]
     thresholds = spec.tiou if tiou is None else check_tiou(tiou)
     gt = load_ground_truth(ground_truth, subset, spec.ambiguous_label)
@@ -181,7 +188,7 @@ def evaluate(
     bins = None
     if breakdown:
         bins = duration_breakdown(gt.segments, matching, num_classes, spec.length_bins, ignored)
-    return EvaluationResult(
+    result = EvaluationResult(
         protocol=protocol,
         subset=gt.subset,
         tiou=thresholds,
@@ -192,3 +199,8 @@ def evaluate(
         warnings=warnings,
         breakdown=bins,
     )
+    if plot is not None:
+        from re2tal_cli.evaluate.plot import plot_breakdown
+
+        plot_breakdown(result, plot)
+    return result

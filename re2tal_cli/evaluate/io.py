@@ -17,6 +17,7 @@ import numpy as np
 
 from re2tal_cli.errors import BadDataError
 from re2tal_cli.evaluate.detection import Segments
+from re2tal_cli.text import plural
 
 GT_FILE = "annotations.json"
 PRED_FILE = "predictions.json"
@@ -71,9 +72,7 @@ def _read_json(path: Path) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as error:
-        raise BadDataError(
-            f"{path}: malformed JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-        ) from None
+        raise BadDataError(f"{path}: malformed JSON: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise BadDataError(f"{path}: cannot be read ({error})") from None
 
@@ -118,11 +117,11 @@ def load_ground_truth(path: str | Path, subset: str | None = None, ambiguous_lab
         if not isinstance(video, dict) or not isinstance(video.get("subset"), str):
             raise BadDataError(f"{path}: database[{vid!r}] must be an object with a string 'subset'")
         subsets[video["subset"]] = subsets.get(video["subset"], 0) + 1
-    present = ", ".join(f"{name!r} ({n} videos)" for name, n in subsets.items()) or "none"
+    present = ", ".join(f"{name!r} ({plural(n, 'video')})" for name, n in subsets.items()) or "none"
     if subset is None:
         chosen = [s for s in DEFAULT_SUBSETS if s in subsets] or (list(subsets) if len(subsets) == 1 else [])
         if not chosen:
-            raise BadDataError(f"{path}: choose a subset with --subset; subsets present: {present}")
+            raise BadDataError(f"{path}: choose one with `subset`; subsets present: {present}")
         subset = chosen[0]
     elif subset not in subsets:
         raise BadDataError(f"{path}: no video in subset {subset!r}; subsets present: {present}")

@@ -5,29 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from re2tal_cli.errors import Re2talError
-from re2tal_cli.fileio import atomic_path
+from re2tal_cli.plotting import new_figure, save_figure
 
 if TYPE_CHECKING:
     from re2tal_cli.evaluate import EvaluationResult
 
 
 def plot_breakdown(result: EvaluationResult, path: str | Path) -> Path:
-    """Two bar charts side by side; written to a temporary file and renamed, so no half-written PNG is left."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise Re2talError("--plot needs matplotlib: pip install 're2tal[plot]'") from None
+    """Two bar charts side by side."""
     if result.breakdown is None:
         raise ValueError("plot_breakdown needs a result computed with breakdown=True")
-
-    path = Path(path)
     names = [f"{b.name}\n({b.num_gt})" for b in result.breakdown]
     mAP = [0.0 if b.num_gt == 0 else 100 * b.average_mAP for b in result.breakdown]
     fn = [0.0 if b.num_gt == 0 else 100 * b.average_fn_rate for b in result.breakdown]
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(9, 3.6)
     for ax, values, title, color in zip(
         fig.subplots(1, 2),
         (mAP, fn),
@@ -44,6 +35,4 @@ def plot_breakdown(result: EvaluationResult, path: str | Path) -> Path:
         ax.set_axisbelow(True)
     fig.suptitle(f"{result.protocol}, subset {result.subset} (bin: #instances)", fontsize=10)
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
+    return save_figure(fig, path)

@@ -19,12 +19,7 @@ tensors), so a 2×1024×224² step is estimated as fast as a 1×16×224² one an
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.connection
-import os
-import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -33,8 +28,8 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from re2tal_cli.errors import BadInputError, Re2talError
 from re2tal_cli.memory import tracker as t
+from re2tal_cli.memory.parallel import default_workers, run_forked
 from re2tal_cli.memory.step import StepConfig, TrainingSetup, build_model, check_input_shape, setup, train_step
 
 
@@ -114,7 +109,12 @@ def estimate(config: StepConfig, block: int | None = None) -> Estimate:
     return estimate_all([config], block)[0]
 
 
-def estimate_all(configs: Sequence[StepConfig], block: int | None = None, workers: int | None = None) -> list[Estimate]:
+def estimate_all(
+    configs: Sequence[StepConfig],
+    block: int | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Estimate]:
     """`estimate` of each configuration, making what they share once and their steps in parallel.
 
     Every step of one architecture, head, optimizer and device starts from the same state, whatever its wiring, clip,
@@ -128,7 +128,7 @@ def estimate_all(configs: Sequence[StepConfig], block: int | None = None, worker
     inherit. By default that is twice the usable CPUs (steps differ in length, a reversible one is about twice a
     plain one) on Linux with more than one CPU; elsewhere the steps run one after the other in this process. An
     estimate's `seconds` and `operators` are its step's, plus the shared work's for the first configuration of its
-    group.
+    group. `progress(done, total)` is called as estimates complete.
     """
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)  # one for all: the shared tensors are its own
     owners = [_build(config) for config in configs]  # every input shape checked before any work
@@ -136,13 +136,23 @@ def estimate_all(configs: Sequence[StepConfig], block: int | None = None, worker
     for i, config in enumerate(configs):
         groups.setdefault((config.arch, config.head, config.optimizer, config.device), []).append(i)
     results: list[Estimate] = [None] * len(configs)  # type: ignore[list-item]
+    done = 0
+
+    def finished(_: int = 0) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, len(configs))
+
     for indices in groups.values():
         start = time.perf_counter()
         with fake_mode:
             warm = _warm_start(configs[indices[0]], owners[indices[0]], block)
         shared_seconds = time.perf_counter() - start
         steps = [partial(_estimate_step, configs[i], owners[i], warm, fake_mode) for i in indices]
-        estimates = [steps[0](), *_run(steps[1:], _default_workers() if workers is None else workers)]
+        first = steps[0]()
+        finished()
+        estimates = [first, *run_forked(steps[1:], default_workers() if workers is None else workers, finished)]
         estimates[0].seconds += shared_seconds
         estimates[0].operators += warm.tracker.operators
         for i, e in zip(indices, estimates, strict=True):
@@ -220,8 +230,6 @@ def _run_step(config: StepConfig, owners: dict[str, nn.Module], warm: _WarmStart
     try:
         with tracker:
             train_step(s, "cpu", tracker)
-    except (RuntimeError, ValueError) as error:
-        raise _shape_error(config, error) from error
     finally:
         for h in handles:
             h.remove()
@@ -238,66 +246,6 @@ def _estimate_step(
             _share_tensors(module, warm.modules[name])
         tracker = _run_step(config, owners, warm)
     return _report(config, tracker, owners, time.perf_counter() - start, tracker.operators)
-
-
-def _default_workers() -> int:
-    if not sys.platform.startswith("linux"):  # no fork (Windows), or fork unsafe with system frameworks (macOS)
-        return 1
-    if multiprocessing.current_process().daemon:  # a daemonic process may not start processes
-        return 1
-    cpus = len(os.sched_getaffinity(0))
-    return 2 * cpus if cpus > 1 else 1
-
-
-def _run(steps: list[Callable[[], Estimate]], workers: int) -> list[Estimate]:
-    """Each step's estimate, in order: in this process with one worker, else each in a forked process (it inherits
-    the warm start, unpickled), at most `workers` at once; a step's exception is raised here."""
-    if workers <= 1 or len(steps) <= 1:
-        return [step() for step in steps]
-    context = multiprocessing.get_context("fork")
-    results: list[Estimate] = [None] * len(steps)  # type: ignore[list-item]
-    waiting = list(enumerate(steps))
-    running: dict = {}  # receiving end of a pipe → (index, process)
-    try:
-        while waiting or running:
-            while waiting and len(running) < workers:
-                index, step = waiting.pop(0)
-                receiver, sender = context.Pipe(duplex=False)
-                process = context.Process(target=_send_result, args=(step, sender), daemon=True)
-                process.start()
-                sender.close()
-                running[receiver] = index, process
-            for receiver in multiprocessing.connection.wait(list(running)):
-                index, process = running.pop(receiver)
-                try:
-                    ok, value = receiver.recv()
-                except EOFError:  # it died before it could send (killed, out of memory)
-                    ok, value = False, None
-                process.join()
-                if not ok:
-                    raise value or Re2talError(f"an estimate's process died (exit code {process.exitcode})")
-                results[index] = value
-    finally:
-        for _, process in running.values():
-            process.terminate()
-    return results
-
-
-def _send_result(step: Callable[[], Estimate], sender: multiprocessing.connection.Connection) -> None:
-    """In a worker: the step's estimate, or its exception (raised again in the parent, with this traceback).
-
-    One intra-op thread: the few real operators of a step (a head's label assignment runs on real tensors) would
-    otherwise enter the OpenMP pool the parent started before the fork, which hangs in the child (libgomp is not
-    fork-safe). Fake operators compute nothing, so nothing else changes."""
-    torch.set_num_threads(1)
-    try:
-        sender.send((True, step()))
-    except Exception as error:
-        error.add_note(f"in an estimate's worker process:\n{traceback.format_exc()}")
-        try:
-            sender.send((False, error))
-        except Exception:  # an exception that does not pickle: its text
-            sender.send((False, Re2talError(f"{type(error).__name__}: {error}")))
 
 
 def _report(
@@ -353,11 +301,3 @@ def _stage_scope_hooks(tracker: t.StorageTracker, stage: nn.Module, name: str):
         contexts.pop().__exit__(None, None, None)
 
     return [stage.register_forward_pre_hook(enter), stage.register_forward_hook(leave)]
-
-
-def _shape_error(config: StepConfig, error: Exception) -> Exception:
-    """A shape that the backbone cannot take is the user's input; anything else is a bug and keeps its traceback."""
-    text = str(error)
-    if any(k in text for k in ("shape", "size", "multiple", "Kernel size", "invalid", "dimension")):
-        return BadInputError(f"{config.arch} cannot take a {config.frames}×{config.size}² clip: {text.splitlines()[0]}")
-    return error

@@ -55,14 +55,14 @@ def get_gpu(name: str) -> Gpu:
     key = name.strip().lower().replace("_", "-").replace(" ", "-")
     key = _ALIASES.get(key, key)
     if key not in GPUS:
-        raise UnknownNameError("GPU", name, list(GPUS) + list(_ALIASES))
+        raise UnknownNameError("GPU", name, list(GPUS) + list(_ALIASES), param="gpu")
     return GPUS[key]
 
 
 def custom_gpu(gib: float) -> Gpu:
-    """`--gpu-mem GiB`: memory the process can use, taken as given (no context subtracted)."""
+    """GiB the process can use, taken as given (no context subtracted)."""
     if not gib > 0:
-        raise BadInputError(f"--gpu-mem must be a positive number of GiB, got {gib}")
+        raise BadInputError(f"`gpu_mem` must be a positive number of GiB, got {gib}")
     return Gpu(f"{gib:g} GiB", gib + CONTEXT_GIB, f"custom: {gib:g} GiB usable")
 
 

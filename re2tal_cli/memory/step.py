@@ -63,18 +63,18 @@ class StepConfig:
         for name in ("frames", "size", "batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise BadInputError(f"--{name} must be a positive integer, got {value}")
+                raise BadInputError(f"`{name}` must be a positive integer, got {value}")
         if not 0.0 <= self.drop_path < 1.0:
-            raise BadInputError(f"--drop-path must be in [0, 1), got {self.drop_path}")
-        object.__setattr__(self, "wiring", _enum(WiringName, self.wiring, "--wiring"))
-        object.__setattr__(self, "amp", _enum(Amp, self.amp, "--amp"))
-        object.__setattr__(self, "optimizer", _enum(OptimizerName, self.optimizer, "--optimizer"))
+            raise BadInputError(f"`drop_path` must be in [0, 1), got {self.drop_path}")
+        object.__setattr__(self, "wiring", _enum(WiringName, self.wiring, "wiring"))
+        object.__setattr__(self, "amp", _enum(Amp, self.amp, "amp"))
+        object.__setattr__(self, "optimizer", _enum(OptimizerName, self.optimizer, "optimizer"))
         if self.head is not None:
-            object.__setattr__(self, "head", _enum(HeadName, self.head, "--head"))
+            object.__setattr__(self, "head", _enum(HeadName, self.head, "head"))
         if self.device not in ("cpu", "cuda"):
-            raise BadInputError(f"device must be cpu or cuda, got {self.device!r}")
+            raise BadInputError(f"`device` must be cpu or cuda, got {self.device!r}")
         if self.amp is Amp.FP16 and self.device == "cpu":
-            raise BadInputError("--amp fp16 needs CUDA; on CPU use --amp bf16")
+            raise BadInputError("`amp` fp16 needs CUDA; on CPU use bf16")
         get_arch(self.arch)  # raises UnknownNameError with suggestions
 
     def to_json(self) -> dict:
@@ -85,11 +85,11 @@ class StepConfig:
         return cls(**data)
 
 
-def _enum(kind: type[enum.StrEnum], value, option: str):
+def _enum(kind: type[enum.StrEnum], value, param: str):
     try:
         return kind(value)
     except ValueError:
-        raise BadInputError(f"{option} must be one of {', '.join(k.value for k in kind)}, got {value!r}") from None
+        raise BadInputError(f"`{param}` must be one of {', '.join(k.value for k in kind)}, got {value!r}") from None
 
 
 class Observer:
@@ -123,7 +123,7 @@ def build_model(config: StepConfig) -> tuple[VideoBackbone, nn.Module | None]:
 
     backbone = get_arch(config.arch).create(num_classes=0, drop_path=config.drop_path)
     wiring = {
-        WiringName.PLAIN: Wiring(1.0, 0.0, Execution.AUTOGRAD),
+        WiringName.PLAIN: Wiring(1.0, 0.0, Execution.PLAIN),
         WiringName.CHECKPOINT: Wiring(1.0, 0.0, Execution.CHECKPOINT),
         WiringName.REVERSIBLE: Wiring(0.0, 1.0, Execution.REVERSIBLE),
     }[config.wiring]
@@ -148,12 +148,9 @@ def setup(config: StepConfig, backbone: VideoBackbone, head: nn.Module | None) -
 
 
 def check_input_shape(config: StepConfig, backbone: VideoBackbone) -> None:
-    m = backbone.min_frames
-    if config.frames % m:
-        raise BadInputError(
-            f"--frames {config.frames} is not a multiple of {m}, the temporal patch size of {config.arch}; "
-            f"e.g. --frames {max(m, config.frames // m * m)}"
-        )
+    problem = backbone.input_problem(config.frames, config.size, config.size)
+    if problem is not None:
+        raise BadInputError(f"{config.arch} cannot take a {config.frames}×{config.size}² clip: {problem}")
 
 
 def autocast(config: StepConfig, device_type: str) -> contextlib.AbstractContextManager:

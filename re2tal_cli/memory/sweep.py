@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -65,9 +66,14 @@ def sweep_points(config: StepConfig, axis: SweepAxis) -> list[tuple[str, float, 
     return [(f"{s}²", float(s), replace(config, size=s)) for s in sizes]
 
 
-def sweep(config: StepConfig, axis: SweepAxis, wirings: list[WiringName]) -> Series:
+def sweep(
+    config: StepConfig,
+    axis: SweepAxis,
+    wirings: list[WiringName],
+    progress: Callable[[int, int], None] | None = None,
+) -> Series:
     points = sweep_points(config, axis)
-    flat = iter(estimate_all([replace(c, wiring=w) for w in wirings for _, _, c in points]))
+    flat = iter(estimate_all([replace(c, wiring=w) for w in wirings for _, _, c in points], progress=progress))
     estimates = {w.value: [next(flat) for _ in points] for w in wirings}
     return Series(SweepAxis(axis), [p[0] for p in points], [p[1] for p in points], estimates)
 
@@ -80,7 +86,7 @@ def max_fitting(config: StepConfig, gpu: Gpu, what: str) -> tuple[int, Estimate 
     give each phase's line, the line gives the candidate, and an estimate at the candidate confirms it (stepping down
     while it does not fit)."""
     if what not in ("frames", "batch"):
-        raise BadInputError(f"--max must be frames or batch, got {what!r}")
+        raise BadInputError(f"`largest` must be frames or batch, got {what!r}")
     limit = gpu.usable_bytes * (1 - FRAGMENTATION)
     with torch.device("meta"):
         m = build_model(config)[0].min_frames

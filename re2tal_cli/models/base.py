@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from re2tal_cli.errors import BadInputError
 from re2tal_cli.reversible.stage import Coupling, Execution, ResidualStage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,6 +35,7 @@ class VideoBackbone(nn.Module):
     out_channels: int  # C of feature_maps
     temporal_stride: int  # input frames per temporal step of feature_maps
     min_frames: int = 1  # input T must be a positive multiple of this
+    min_size: int = 1  # input H and W must be at least this many pixels (a patch)
 
     def feature_maps(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) → (B, C, T', H', W') with T' = T / temporal_stride."""
@@ -58,8 +60,17 @@ class VideoBackbone(nn.Module):
             all_stages[i].set_wiring(coupling, execution, tolerance)
         return list(chosen)
 
+    def input_problem(self, frames: int, height: int, width: int) -> str | None:
+        """What is wrong with an input of this size, if anything (checked before building or running a step)."""
+        if frames < 1 or frames % self.min_frames:
+            return f"T={frames} frames is not a multiple of {self.min_frames}, the temporal patch size"
+        if min(height, width) < self.min_size:
+            return f"{height}×{width} pixels is smaller than the {self.min_size}-pixel patch"
+        return None
+
     def check_input(self, video: torch.Tensor) -> None:
         if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"expected a video of shape (B, 3, T, H, W), got {tuple(video.shape)}")
-        if video.shape[2] % self.min_frames:
-            raise ValueError(f"frames T={video.shape[2]} must be a multiple of {self.min_frames}")
+            raise BadInputError(f"expected a video of shape (B, 3, T, H, W), got {tuple(video.shape)}")
+        problem = self.input_problem(*video.shape[2:])
+        if problem is not None:
+            raise BadInputError(f"a video of shape {tuple(video.shape)}: {problem}")

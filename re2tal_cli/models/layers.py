@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from re2tal_cli.errors import BadInputError
+
 
 class DropPath(nn.Module):
     """Stochastic depth: zero a whole sample's branch with probability `drop_prob`, scale survivors by 1/(1-p).
@@ -15,7 +17,7 @@ class DropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+            raise BadInputError(f"`drop_path` must be in [0, 1), got {drop_prob}")
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

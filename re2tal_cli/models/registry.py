@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -19,6 +20,7 @@ class ConvertedCheckpoint:
     state_dict: StateDict  # our key names
     format: str  # the layout it came in, e.g. "videomae-hf"
     dropped: tuple[str, ...] = ()  # source keys that belong to no backbone part (a pretraining decoder, say)
+    build: dict = field(default_factory=dict)  # constructor arguments the layout implies (e.g. a final norm)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def get_arch(name: str) -> Arch:
     try:
         return _ARCHS[name]
     except KeyError:
-        raise UnknownNameError("architecture", name, _ARCHS) from None
+        raise UnknownNameError("architecture", name, _ARCHS, param="arch") from None
 
 
 def list_archs(include_test: bool = True) -> list[Arch]:
@@ -61,6 +63,22 @@ def list_archs(include_test: bool = True) -> list[Arch]:
 
 def create_model(name: str, **overrides) -> VideoBackbone:
     return get_arch(name).create(**overrides)
+
+
+# model_type of a foreign config.json (transformers') → the family's reader: (config, its path) → (arch name, the
+# constructor arguments the config implies).
+_CONFIG_READERS: dict[str, Callable[[dict, Path], tuple[str, dict]]] = {}
+
+
+def register_config_reader(model_type: str, reader: Callable[[dict, Path], tuple[str, dict]]) -> None:
+    if model_type in _CONFIG_READERS:
+        raise ValueError(f"a config reader for model_type {model_type!r} is already registered")
+    _CONFIG_READERS[model_type] = reader
+
+
+def config_reader(model_type: object) -> Callable[[dict, Path], tuple[str, dict]] | None:
+    _load_families()
+    return _CONFIG_READERS.get(model_type) if isinstance(model_type, str) else None
 
 
 def _load_families() -> None:

@@ -244,6 +244,6 @@ def unknown_layout(sd: Mapping[str, torch.Tensor], arch: str, family: str, first
     seconds."""
     foreign = next((k for k in sd if not k.startswith(ours)), next(iter(sd), "none"))
     return BadCheckpointError(
-        f"does not fit --arch {arch}: not a {family} checkpoint in any known layout; missing keys (first: "
+        f"does not fit `arch` {arch}: not a {family} checkpoint in any known layout; missing keys (first: "
         f"{first_key}); unexpected keys (first: {foreign})"
     )

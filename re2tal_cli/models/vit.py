@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.models.layers import DropPath, drop_path_rates
-from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_arch
+from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_arch, register_config_reader
 from re2tal_cli.reversible.stage import ResidualStage
 
 __all__ = ["ViTConfig", "VideoViT"]
@@ -101,6 +102,7 @@ class VideoViT(VideoBackbone):
         self.out_channels = cfg.dim
         self.temporal_stride = cfg.tubelet
         self.min_frames = cfg.tubelet
+        self.min_size = cfg.patch_size
         self.patch_embed = nn.Conv3d(
             3,
             cfg.dim,
@@ -177,14 +179,44 @@ def convert_videomae(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
     """Map a VideoMAE checkpoint (Hugging Face or original release) or our own layout to our keys; values untouched
     except the original release's fused qkv, which is split into q, k, v rows."""
     if any(re.fullmatch(r"blocks\.\d+\.attn\.k\.weight", k) for k in sd):  # ours: k separate, no other layout has it
-        return ConvertedCheckpoint(dict(sd), "re2tal")
+        return _with_build(dict(sd), "re2tal")
     dropped = tuple(k for k in sd if k.startswith(_PRETRAINING_ONLY))
     kept = {k: v for k, v in sd.items() if k not in dropped}
     if any(k.startswith(("encoder.layer.", "videomae.", "embeddings.")) for k in kept):
-        return ConvertedCheckpoint(_convert_hf(kept), "videomae-hf", dropped)
+        return _with_build(_convert_hf(kept), "videomae-hf", dropped)
     if any(k.startswith(("blocks.", "encoder.blocks.")) for k in kept):
-        return ConvertedCheckpoint(_convert_official(kept), "videomae-official", dropped)
+        return _with_build(_convert_official(kept), "videomae-official", dropped)
     return ConvertedCheckpoint(dict(sd), "unknown")  # the strict key check names what does not fit
+
+
+def _with_build(sd: dict[str, torch.Tensor], fmt: str, dropped: tuple[str, ...] = ()) -> ConvertedCheckpoint:
+    """A final `norm` over the tokens is what a VideoMAE without mean pooling has (transformers' `layernorm` when
+    `use_mean_pooling=False`, every pretraining-only checkpoint): build the model with it, and without mean pooling."""
+    build = {"mean_pooling": False} if "norm.weight" in sd else {}
+    return ConvertedCheckpoint(sd, fmt, dropped, build)
+
+
+def from_transformers_config(config: dict, path) -> tuple[str, dict]:
+    """The arch of a transformers VideoMAE config.json (its sizes) and what else it implies (mean pooling, q/v
+    biases, the norms' eps)."""
+    sizes = {
+        "dim": config.get("hidden_size", 768),
+        "depth": config.get("num_hidden_layers", 12),
+        "heads": config.get("num_attention_heads", 12),
+        "mlp_dim": config.get("intermediate_size", 3072),
+        "patch_size": config.get("patch_size", 16),
+        "tubelet": config.get("tubelet_size", 2),
+    }
+    for name, cfg in _CONFIGS.items():
+        if all(getattr(cfg, k) == v for k, v in sizes.items()):
+            implied = {
+                "mean_pooling": bool(config.get("use_mean_pooling", True)),
+                "qv_bias": bool(config.get("qkv_bias", True)),
+                "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+            }
+            return name, implied
+    described = ", ".join(f"{k} {v}" for k, v in sizes.items())
+    raise BadCheckpointError(f"{path}: describes a VideoMAE ({described}) that no registered vit architecture has")
 
 
 def _convert_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -221,11 +253,18 @@ def _convert_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+_CONFIGS: dict[str, ViTConfig] = {}
+
+
 def _register(name: str, cfg: ViTConfig, input_spec: InputSpec, description: str, test_only: bool = False) -> None:
     def build(**overrides) -> VideoViT:
         return VideoViT(replace(cfg, **overrides))
 
+    _CONFIGS[name] = cfg
     register_arch(Arch(name, "vit", build, input_spec, convert_videomae, description, test_only))
+
+
+register_config_reader("videomae", from_transformers_config)
 
 
 _VIDEOMAE_INPUT = InputSpec(num_frames=16, image_size=224, frame_stride=4)

@@ -7,6 +7,7 @@ difference is the reversible backward's numerical error, not a change of archite
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,15 +21,21 @@ def gradient_error_level(
     actual: Sequence[torch.Tensor | None], expected: Sequence[torch.Tensor | None], rtol: float = 1e-5
 ) -> float:
     """Dr²Net's metric: the smallest atol for which `torch.allclose(actual, expected, rtol=rtol, atol=atol)` holds for
-    every pair, i.e. max(|a − e| − rtol·|e|) clipped at 0."""
-    level = 0.0
+    every pair, i.e. max(|a − e| − rtol·|e|) clipped at 0. NaN when any difference is NaN (a NaN gradient has no
+    atol at which it is close: `max` would skip it), inf when one side lacks a gradient the other has."""
+    levels = [0.0]
     for a, e in zip(actual, expected, strict=True):
         if a is None or e is None:
             if (a is None) != (e is None):
                 return float("inf")
             continue
-        level = max(level, ((a - e).abs() - rtol * e.abs()).max().clamp_min(0).item())
-    return level
+        levels.append(((a - e).abs() - rtol * e.abs()).max().clamp_min(0).item())
+    return _max(levels)
+
+
+def _max(values: Sequence[float]) -> float:
+    """The largest value, NaN if any is NaN (Python's `max(0.0, nan)` is 0.0)."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values, default=0.0)
 
 
 @dataclass(frozen=True)
@@ -49,24 +56,29 @@ def check_reversibility(
     model: nn.Module, video: torch.Tensor, coupling: Coupling, tolerance: float | None = None, rtol: float = 1e-5
 ) -> CheckReport:
     """One training step (train mode: dropout and drop-path active) with ordinary autograd and one reversible, on a
-    copy of `model` (its weights and BatchNorm statistics are left untouched), with identical random draws."""
-    model = copy.deepcopy(model).to(video.dtype).train()
+    copy of `model` on the video's device and dtype (its weights and BatchNorm statistics are left untouched), with
+    identical random draws: the CPU generator and the video's device's generator start from the same state."""
+    model = copy.deepcopy(model).to(device=video.device, dtype=video.dtype).train()
     stages = [m for m in model.modules() if isinstance(m, ResidualStage)]
     video = video.detach().requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
+    devices = [video.device] if video.device.type == "cuda" else []
     generator_state = torch.get_rng_state()
+    device_states = [torch.cuda.get_rng_state(d) for d in devices]
     results = {}
-    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
+    for execution in (Execution.PLAIN, Execution.REVERSIBLE):
         for stage in stages:
             stage.set_wiring(coupling, execution, tolerance)
             stage.guard.reset()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(generator_state)
+            for device, state in zip(devices, device_states, strict=True):
+                torch.cuda.set_rng_state(state, device)
             out = model(video)
             weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
             grads = torch.autograd.grad((out * weights).sum(), [video, *params], allow_unused=True)
         results[execution] = (out.detach(), grads)
-    (out_ref, g_ref), (out_rev, g_rev) = results[Execution.AUTOGRAD], results[Execution.REVERSIBLE]
+    (out_ref, g_ref), (out_rev, g_rev) = results[Execution.PLAIN], results[Execution.REVERSIBLE]
     abs_errors = [
         (a - e).abs().max().item() for a, e in zip(g_rev, g_ref, strict=True) if a is not None and e is not None
     ]
@@ -76,9 +88,9 @@ def check_reversibility(
         alpha=coupling.alpha,
         beta=coupling.beta,
         gradient_error_level=gradient_error_level(g_rev, g_ref, rtol),
-        max_abs_gradient_error=max(abs_errors, default=0.0),
+        max_abs_gradient_error=_max(abs_errors),
         output_error=(out_rev - out_ref).abs().max().item(),
-        reconstruction_error=max((s.guard.max_error for s in stages), default=0.0),
+        reconstruction_error=_max([s.guard.max_error for s in stages]),
         fallbacks=sum(s.guard.fallbacks for s in stages),
         backward_passes=sum(s.guard.backward_passes for s in stages),
     )

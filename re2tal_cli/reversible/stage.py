@@ -40,7 +40,7 @@ from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_
 class Execution(enum.StrEnum):
     """How a training step through a stage keeps what the backward needs."""
 
-    AUTOGRAD = "autograd"  # ordinary autograd: every block's activations stored
+    PLAIN = "plain"  # ordinary autograd: every block's activations stored
     CHECKPOINT = "checkpoint"  # torch.utils.checkpoint per block: block inputs stored, each block recomputed
     REVERSIBLE = "reversible"  # stage input and output stored, block inputs rebuilt by the inverse (needs β ≠ 0)
 
@@ -89,7 +89,8 @@ class GuardStats:
     def record(self, error: float, fell_back: bool) -> None:
         self.backward_passes += 1
         self.fallbacks += int(fell_back)
-        self.max_error = max(self.max_error, error)
+        if not math.isnan(self.max_error) and not error <= self.max_error:  # a NaN stays (`max` would drop it)
+            self.max_error = error
         self.errors.append(error)
 
     def reset(self) -> None:
@@ -109,7 +110,7 @@ class ResidualStage(nn.Module):
             raise ValueError("a residual stage needs at least one block")
         self._blocks = tuple(blocks)  # a tuple is not registered by nn.Module
         self.coupling = ORIGINAL
-        self.execution = Execution.AUTOGRAD
+        self.execution = Execution.PLAIN
         self.tolerance: float | None = None  # None: DEFAULT_TOLERANCE by precision
         self.guard = GuardStats()
 

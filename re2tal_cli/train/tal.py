@@ -173,6 +173,7 @@ def training_set(root: str | Path, model: TALModel, config: TALTrainConfig, subs
         mean=spec.mean,
         std=spec.std,
         seed=config.seed,
+        windows_per_video=config.windows_per_video,
     )
 
 
@@ -195,16 +196,14 @@ def train_tal(
     device = torch.device(device)
     model.to(device)
     optimizer = torch.optim.AdamW(param_groups(model, config))
-    items = list(range(len(dataset))) * config.windows_per_video
-    loader_set = torch.utils.data.Subset(dataset, items)
-    loader = make_loader(loader_set, config.batch_size, shuffle=True, workers=config.workers, seed=config.seed)
+    loader = make_loader(dataset, config.batch_size, shuffle=True, workers=config.workers, seed=config.seed)
     steps_per_epoch = len(loader)
     total = steps_per_epoch * config.epochs
     warmup = round(config.warmup_epochs * steps_per_epoch)
     frames_per_position = model.backbone.temporal_stride * config.frame_stride
     step = 0
     for epoch in range(config.epochs):
-        dataset.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
         model.train()
         sums = {"loss": 0.0, "cls_loss": 0.0, "reg_loss": 0.0}
         for batch in loader:

@@ -57,7 +57,7 @@ def test_rewire_table_output_and_pth_input(source, tmp_path):
     torch.save({"state_dict": load_file(source)}, pth)  # nested, as mmaction saves
     result = rewire(pth, "--arch", "vit-tiny", "--out", tmp_path / "rw", "--alpha", "0.5", "--beta", "0.5")
     assert result.exit_code == 0, result.output
-    assert "parameters reused" in result.stdout and "α=0.5" in result.stdout
+    assert "tensors reused" in result.stdout and "α=0.5" in result.stdout
 
 
 def test_unknown_arch(source, tmp_path):
@@ -74,7 +74,7 @@ def test_missing_and_unexpected_keys_name_the_first_and_the_likely_arch(source, 
     extra = tmp_path / "extra.safetensors"
     save_file({**load_file(source), "blocks.0.attn.extra.weight": torch.zeros(2)}, extra)
     assert_bad_input(
-        rewire(extra, "--arch", "vit-tiny", "--out", out), out, "unexpected keys (first: blocks.0.attn.extra"
+        rewire(extra, "--arch", "vit-tiny", "--out", out), out, "unexpected key (first: blocks.0.attn.extra"
     )
 
 

@@ -98,7 +98,7 @@ def test_thumos_probes_videos(thumos, tmp_path, videos):
     vids.mkdir()
     for name in ("video_validation_0000051", "video_validation_0000052", "video_test_0000004", "video_test_0001292"):
         shutil.copy(videos["mp4"], vids / f"{name}.mp4")
-    result = convert_thumos14(root, videos_dir=vids)
+    result = convert_thumos14(root, videos=vids)
     assert result.entries["video_validation_0000052"].duration == pytest.approx(9.0)  # 90 frames at 10 fps
     assert result.entries["video_validation_0000052"].fps == pytest.approx(10.0)
     # everything past the (short) video is dropped, with a warning

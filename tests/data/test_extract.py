@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from re2tal_cli.cli.app import app
 from re2tal_cli.data.datasets import VideoEntry, save_annotations
-from re2tal_cli.data.extract import read_features
 from re2tal_cli.data.sampling import snippet_starts
 from re2tal_cli.data.video import decode_all
+from re2tal_cli.extract import read_features
 
 runner = CliRunner()
 

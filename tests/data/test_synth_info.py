@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from re2tal_cli.cli.app import app
-from re2tal_cli.data import synthetic
+from re2tal_cli.data import synth as synthetic
 from re2tal_cli.data.datasets import ClipDataset, TALDataset, load_annotations, make_loader
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from re2tal_cli.checkpoint import build_from_state_dict
-from re2tal_cli.errors import BadCheckpointError
+from re2tal_cli.errors import BadCheckpointError, BadInputError
 from re2tal_cli.models import create_model, get_arch
 from re2tal_cli.models.resnet_blocks import TemporalShift
 from re2tal_cli.reversible import Coupling, Execution
@@ -56,7 +56,7 @@ def test_torchvision_video_resnet_loads_and_matches(torchvision_models, arch, bu
     with torch.no_grad():
         expected = reference(video)
         assert (model(video) - expected).abs().max() < 1e-5
-        model.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)  # the rewired net at α=1, β=0 is the source network
+        model.set_wiring(Coupling(1.0, 0.0), Execution.PLAIN)  # the rewired net at α=1, β=0 is the source network
         assert (model(video) - expected).abs().max() < 1e-5
         model.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)  # Re²TAL's end: a different (finite) network
         assert torch.isfinite(model(video)).all()
@@ -105,7 +105,7 @@ def test_tsm_matches_shifted_2d_resnet_in_both_layouts(torchvision_models, arch,
             model.eval()
             scale = expected.abs().max()  # 2-D and 3-D conv kernels sum in another order: compare relative to scale
             assert (model(video) - expected).abs().max() < 1e-5 * scale
-            model.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)
+            model.set_wiring(Coupling(1.0, 0.0), Execution.PLAIN)
             assert (model(video) - expected).abs().max() < 1e-5 * scale
 
 
@@ -153,7 +153,7 @@ def test_feature_shapes():
         assert tsm.feature_maps(torch.randn(1, 3, 5, 64, 32)).shape == (1, 16, 5, 2, 1)
         assert tsm(torch.randn(2, 3, 5, 32, 32)).shape == (2, 16)
     assert (r3d.temporal_stride, tsm.temporal_stride) == (8, 1)
-    with pytest.raises(ValueError, match="multiple of 8"):
+    with pytest.raises(BadInputError, match="multiple of 8"):
         r3d.feature_maps(torch.randn(1, 3, 12, 32, 32))
 
 

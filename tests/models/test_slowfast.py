@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from re2tal_cli.checkpoint import build_from_state_dict
 from re2tal_cli.cli.app import app
-from re2tal_cli.errors import BadCheckpointError
+from re2tal_cli.errors import BadCheckpointError, BadInputError
 from re2tal_cli.hub import read_state_dict
 from re2tal_cli.models import create_model, get_arch, list_archs
 from re2tal_cli.reversible import Coupling, Execution
@@ -85,7 +85,7 @@ def test_random_checkpoint_in_published_layout_runs(written_layout, name, arch):
 
 def test_mmaction_checkpoint_for_a_pyslowfast_arch_names_the_right_arch():
     with pytest.raises(
-        BadCheckpointError, match=r"without BatchNorm\+ReLU.*-mmaction.*looks like --arch slowfast-r50-mmaction"
+        BadCheckpointError, match=r"without BatchNorm\+ReLU.*-mmaction.*looks like `arch` slowfast-r50-mmaction"
     ):
         build_from_state_dict(get_arch("slowfast-r50"), layout("mmaction2_slowfast-r50"), "mm.pth")
 
@@ -127,7 +127,7 @@ def test_original_wiring_is_the_source_network(arch):
     video = torch.randn(2, 3, 4, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         expected = plain_forward(model, video)
-        model.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)
+        model.set_wiring(Coupling(1.0, 0.0), Execution.PLAIN)
         assert (model(video) - expected).abs().max() < 1e-12
         model.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
         assert (model(video) - expected).abs().max() > 1e-6  # Re²TAL's end is another network (finetuned after)
@@ -158,7 +158,7 @@ def test_feature_shapes():
         assert model.temporal_features(torch.randn(2, 3, 8, 32, 32)).shape == (2, 320, 4)
         assert model(torch.randn(2, 3, 4, 32, 32)).shape == (2, 320)
     assert (model.out_channels, model.temporal_stride) == (320, 2)
-    with pytest.raises(ValueError, match="multiple of 2"):
+    with pytest.raises(BadInputError, match="multiple of 2"):
         model.feature_maps(torch.randn(1, 3, 5, 32, 32))
     real = get_arch("slowfast-r50")
     assert (real.input.num_frames, real.input.image_size, real.input.mean) == (32, 224, (0.45, 0.45, 0.45))

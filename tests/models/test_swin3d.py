@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from re2tal_cli.checkpoint import Wiring, build_from_state_dict, guess_arch, load_backbone
 from re2tal_cli.cli.app import app
-from re2tal_cli.errors import BadCheckpointError
+from re2tal_cli.errors import BadCheckpointError, BadInputError
 from re2tal_cli.models import create_model, get_arch
 from re2tal_cli.models import swin3d as swin
 from re2tal_cli.models.base import IMAGENET_MEAN, IMAGENET_STD
@@ -101,7 +101,7 @@ def test_torchvision_weights_give_torchvision_outputs(tv_swin, arch, depths):
             assert (model(video) - expected).abs().max() < 1e-5
             model.set_wiring(Coupling(1.0, 0.0), Execution.CHECKPOINT)
             assert (model(video) - expected).abs().max() < 1e-5
-            model.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)
+            model.set_wiring(Coupling(1.0, 0.0), Execution.PLAIN)
 
 
 def test_torchvision_fp64_outputs_and_gradients_agree(tv_swin):
@@ -295,7 +295,7 @@ def test_original_wiring_is_the_unrewired_network():
     rewired.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
     with torch.no_grad():
         assert not torch.allclose(rewired(video), model(video))  # a different network …
-        rewired.set_wiring(Coupling(1.0, 0.0), Execution.AUTOGRAD)
+        rewired.set_wiring(Coupling(1.0, 0.0), Execution.PLAIN)
         assert torch.equal(rewired(video), model(video))  # … until wired back: exactly the same
 
 
@@ -344,7 +344,7 @@ def test_feature_maps_and_temporal_features_shapes():
         assert maps.shape == (2, 32, 4, 5, 6)  # 36×44 → 9×11 tokens → 5×6 after the (padded) patch merging
         assert model.temporal_features(video).shape == (2, 32, 4)
         assert pooled.shape == (2, 32) and torch.allclose(pooled, maps.mean(dim=(2, 3, 4)), atol=1e-6)
-    with pytest.raises(ValueError, match="multiple of 2"):
+    with pytest.raises(BadInputError, match="multiple of 2"):
         model(torch.randn(1, 3, 5, 32, 32))
 
 

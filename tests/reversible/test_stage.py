@@ -72,7 +72,7 @@ MIDPOINT = DualResidualSchedule(total_steps=10).coupling_at(5)
 def test_fp64_gradients_equal_autograd(depth, coupling):
     net = mlp_net(depth)
     x = torch.randn(3, 5, 8, dtype=torch.float64)
-    out_ref, ref = grads_of(net, x, coupling, Execution.AUTOGRAD)
+    out_ref, ref = grads_of(net, x, coupling, Execution.PLAIN)
     out_rev, rev = grads_of(net, x, coupling, Execution.REVERSIBLE)
     assert torch.allclose(out_rev, out_ref, rtol=0, atol=1e-12)
     assert len(ref) == 1 + len(list(net.parameters()))
@@ -88,7 +88,7 @@ def test_original_coupling_is_the_residual_network_exactly():
     for block in net.blocks:
         h = h + block(h)
     for coupling in (Coupling(1.0, 0.0),):
-        net.stage.set_wiring(coupling, Execution.AUTOGRAD)
+        net.stage.set_wiring(coupling, Execution.PLAIN)
         assert torch.equal(net(x), h)
     # the dual-residual formula at (1, 0) gives the same numbers, bit for bit
     x_, y_ = x, 0.0 * x
@@ -101,7 +101,7 @@ def test_checkpoint_execution_matches_autograd():
     net = mlp_net(3)
     x = torch.randn(2, 5, 8, dtype=torch.float64)
     for coupling in (Coupling(1.0, 0.0), Coupling(0.0, 1.0)):
-        _, ref = grads_of(net, x, coupling, Execution.AUTOGRAD)
+        _, ref = grads_of(net, x, coupling, Execution.PLAIN)
         _, ckpt = grads_of(net, x, coupling, Execution.CHECKPOINT)
         assert gradient_error_level(ckpt, ref) < 1e-12
 
@@ -119,7 +119,7 @@ def test_dropout_and_drop_path_replay_the_same_draws(depth):
     net = mlp_net(depth, drop_path=0.5, dropout=0.3).train()
     x = torch.randn(6, 5, 8, dtype=torch.float64)
     state = torch.get_rng_state()
-    _, ref = grads_of(net, x, Coupling(0.0, 1.0), Execution.AUTOGRAD, rng_state=state)
+    _, ref = grads_of(net, x, Coupling(0.0, 1.0), Execution.PLAIN, rng_state=state)
     _, rev = grads_of(net, x, Coupling(0.0, 1.0), Execution.REVERSIBLE, rng_state=state)
     assert gradient_error_level(rev, ref) < 1e-10
 
@@ -129,13 +129,13 @@ def test_recompute_leaves_the_global_generator_where_autograd_does():
     net = mlp_net(3, drop_path=0.5, dropout=0.3).train()
     x = torch.randn(6, 5, 8, dtype=torch.float64)
     after = {}
-    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
+    for execution in (Execution.PLAIN, Execution.REVERSIBLE):
         net.stage.set_wiring(Coupling(0.0, 1.0), execution)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(123)
             net(x).sum().backward()
             after[execution] = torch.get_rng_state()
-    assert torch.equal(after[Execution.AUTOGRAD], after[Execution.REVERSIBLE])
+    assert torch.equal(after[Execution.PLAIN], after[Execution.REVERSIBLE])
 
 
 def test_successive_steps_draw_different_masks():
@@ -155,7 +155,7 @@ def test_batchnorm_running_stats_updated_once():
     nets = [Net([ConvBnBlock() for _ in range(3)]).double().train() for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
     x = torch.randn(2, 4, 3, 5, 5, dtype=torch.float64)
-    for net, execution in zip(nets, (Execution.AUTOGRAD, Execution.REVERSIBLE), strict=True):
+    for net, execution in zip(nets, (Execution.PLAIN, Execution.REVERSIBLE), strict=True):
         net.stage.set_wiring(Coupling(0.0, 1.0), execution)
         net(x).square().sum().backward()
     for (name, a), (_, b) in zip(nets[0].state_dict().items(), nets[1].state_dict().items(), strict=True):
@@ -168,7 +168,7 @@ def test_batchnorm_running_stats_updated_once():
 def test_bf16_autocast_runs_and_reconstruction_error_is_measured():
     net = Net([MlpBlock(16) for _ in range(4)])
     x = torch.randn(4, 10, 16)
-    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.AUTOGRAD)
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.PLAIN)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref_out = net(x)
     ref_out.float().sum().backward()
@@ -192,7 +192,7 @@ def test_small_beta_falls_back_to_exact_gradients_and_counts_it():
             p.mul_(8)
     x = torch.randn(3, 5, 8, dtype=torch.float64)
     coupling = Coupling(1.0, 1e-6)
-    _, ref = grads_of(net, x, coupling, Execution.AUTOGRAD)
+    _, ref = grads_of(net, x, coupling, Execution.PLAIN)
     net.stage.guard.reset()
     _, rev = grads_of(net, x, coupling, Execution.REVERSIBLE)
     assert net.stage.guard.fallbacks == 1
@@ -250,7 +250,7 @@ def test_saved_memory_does_not_grow_with_depth():
     stage_bytes = 4 * 32 * 8 * 8
     # the stage input through save_for_backward; the last pair (two more) is held on ctx and freed early
     assert saved_bytes(3, Execution.REVERSIBLE) == saved_bytes(12, Execution.REVERSIBLE) == stage_bytes
-    assert saved_bytes(12, Execution.AUTOGRAD) > 4 * saved_bytes(3, Execution.AUTOGRAD) / 1.5
+    assert saved_bytes(12, Execution.PLAIN) > 4 * saved_bytes(3, Execution.PLAIN) / 1.5
 
 
 def test_eval_without_grad_does_not_use_the_function():
@@ -282,7 +282,7 @@ def test_cuda_autocast_and_rng_replay(dtype):
     net = Net([MlpBlock(64, drop_path=0.3, dropout=0.1) for _ in range(5)]).cuda().train()
     x = torch.randn(8, 128, 64, device="cuda")
     grads = {}
-    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
+    for execution in (Execution.PLAIN, Execution.REVERSIBLE):
         net.zero_grad()
         net.stage.set_wiring(Coupling(0.0, 1.0), execution)
         with torch.random.fork_rng(devices=[0]):
@@ -292,7 +292,7 @@ def test_cuda_autocast_and_rng_replay(dtype):
             out.float().square().mean().backward()
         grads[execution] = [p.grad.clone() for p in net.parameters()]
     assert net.stage.guard.fallbacks == 0
-    for a, b in zip(grads[Execution.REVERSIBLE], grads[Execution.AUTOGRAD], strict=True):
+    for a, b in zip(grads[Execution.REVERSIBLE], grads[Execution.PLAIN], strict=True):
         assert (a - b).abs().max() <= 0.05 * b.abs().max() + 1e-4
 
 
@@ -310,7 +310,7 @@ class PassThroughBlock(nn.Module):
 def test_gradients_that_alias_the_incoming_gradient_are_not_corrupted():
     net = Net([PassThroughBlock((2, 5, 8)), MlpBlock(8).double(), PassThroughBlock((2, 5, 8))])
     x = torch.randn(2, 5, 8, dtype=torch.float64)
-    _, ref = grads_of(net, x, Coupling(0.3, 0.7), Execution.AUTOGRAD)
+    _, ref = grads_of(net, x, Coupling(0.3, 0.7), Execution.PLAIN)
     _, rev = grads_of(net, x, Coupling(0.3, 0.7), Execution.REVERSIBLE)
     assert gradient_error_level(rev, ref) < 1e-10
 
@@ -320,7 +320,7 @@ def test_second_backward_through_a_retained_graph():
     net = mlp_net(3, drop_path=0.5).train()
     x = torch.randn(4, 5, 8, dtype=torch.float64)
     grads = {}
-    for execution in (Execution.AUTOGRAD, Execution.REVERSIBLE):
+    for execution in (Execution.PLAIN, Execution.REVERSIBLE):
         net.zero_grad()
         net.stage.set_wiring(Coupling(0.0, 1.0), execution)
         with torch.random.fork_rng(devices=[]):
@@ -329,14 +329,14 @@ def test_second_backward_through_a_retained_graph():
         out.backward(retain_graph=True)
         out.backward()
         grads[execution] = [p.grad.clone() for p in net.parameters()]
-    assert gradient_error_level(grads[Execution.REVERSIBLE], grads[Execution.AUTOGRAD]) < 1e-10
+    assert gradient_error_level(grads[Execution.REVERSIBLE], grads[Execution.PLAIN]) < 1e-10
 
 
 def test_coefficients_changed_between_forward_and_backward_do_not_corrupt_gradients():
     """A schedule may move (α, β) at any time: the backward inverts with the coefficients of its own forward."""
     net = mlp_net(3)
     x = torch.randn(2, 5, 8, dtype=torch.float64)
-    _, ref = grads_of(net, x, Coupling(0.5, 0.5), Execution.AUTOGRAD)
+    _, ref = grads_of(net, x, Coupling(0.5, 0.5), Execution.PLAIN)
     net.stage.set_wiring(Coupling(0.5, 0.5), Execution.REVERSIBLE)
     x = x.detach().requires_grad_(True)
     out = net(x)
@@ -367,7 +367,7 @@ def test_token_wise_blocks_recompute_in_chunks_exactly(coupling, dropout):
     net = Net(blocks).double().train()
     x = torch.randn(3, 10, 8, dtype=torch.float64)
     state = torch.get_rng_state()
-    _, ref = grads_of(net, x, coupling, Execution.AUTOGRAD, rng_state=state)
+    _, ref = grads_of(net, x, coupling, Execution.PLAIN, rng_state=state)
     for block in (blocks[0], blocks[2]):
         block.calls.clear()
     _, rev = grads_of(net, x, coupling, Execution.REVERSIBLE, rng_state=state)

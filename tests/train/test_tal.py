@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from re2tal_cli.data.synthetic import SynthConfig, generate
+from re2tal_cli.data.synth import SynthConfig, generate
 from re2tal_cli.errors import BadInputError
 from re2tal_cli.evaluate import evaluate
 from re2tal_cli.localizers.actionformer import ActionFormer

@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from re2tal_cli.data.datasets import Segment, VideoEntry, save_annotations, write_json_atomic
-from re2tal_cli.errors import BadInputError, OutputExistsError
+from re2tal_cli.data.datasets import Segment, VideoEntry, save_annotations
+from re2tal_cli.errors import BadInputError
+from re2tal_cli.fileio import check_output_dir, write_json_atomic
 
 __all__ = ["SynthConfig", "PATTERNS", "class_names", "generate", "render_video"]
 
@@ -51,7 +52,7 @@ def class_names(num_classes: int) -> list[str]:
     """`num_classes` names: every pattern at the slow tempo first, then at the fast one."""
     names = [f"{p}-{t}" for t in TEMPOS for p in PATTERNS]
     if not 1 <= num_classes <= len(names):
-        raise BadInputError(f"--classes must be between 1 and {len(names)}, got {num_classes}")
+        raise BadInputError(f"`classes` must be between 1 and {len(names)}, got {num_classes}")
     return names[:num_classes]
 
 
@@ -262,15 +263,22 @@ def generate(
     """Write the synthetic dataset to `out` (a new or empty directory, or any with force=True); returns a summary."""
     out = Path(out)
     if cfg.videos < 1:
-        raise BadInputError(f"--videos must be at least 1, got {cfg.videos}")
-    if cfg.size < 16 or cfg.fps < 1:
-        raise BadInputError(f"--size must be ≥ 16 and --fps ≥ 1 (got {cfg.size}, {cfg.fps})")
+        raise BadInputError(f"`videos` must be at least 1, got {cfg.videos}")
+    if cfg.size < 16:
+        raise BadInputError(f"`size` must be at least 16, got {cfg.size}")
+    if cfg.fps < 1:
+        raise BadInputError(f"`fps` must be at least 1, got {cfg.fps}")
     if not 0 < cfg.min_action <= cfg.max_action:
-        raise BadInputError(f"need 0 < min_action ≤ max_action, got {cfg.min_action}, {cfg.max_action}")
+        raise BadInputError(f"need 0 < `min_action` ≤ `max_action`, got {cfg.min_action}, {cfg.max_action}")
+    if cfg.clips_per_class < 0:
+        raise BadInputError(f"`clips_per_class` must be at least 0, got {cfg.clips_per_class}")
+    if not 0.0 <= cfg.test_fraction < 1.0:
+        raise BadInputError(f"`test_fraction` must be in [0, 1), got {cfg.test_fraction}")
+    if workers < 1:
+        raise BadInputError(f"`workers` must be at least 1, got {workers}")
     names = class_names(cfg.classes)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError(f"{out}: exists and is not empty; pass --force to replace it")
+    check_output_dir(out, force)
+    if out.is_dir() and force:
         for sub in ("videos", "clips"):
             shutil.rmtree(out / sub, ignore_errors=True)
     (out / "videos").mkdir(parents=True, exist_ok=True)

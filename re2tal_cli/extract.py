@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from re2tal_cli.errors import BadDataError, BadInputError
+from re2tal_cli.fileio import atomic_path, check_creatable, write_json_atomic
 
 __all__ = ["ExtractSettings", "ExtractResult", "extract_features", "read_features"]
 
@@ -74,7 +75,7 @@ def _videos(data: Path, subset: str | None) -> list[tuple[str, Path | None, floa
             raise BadDataError(f"{data}: no videos in subset {subset!r}")
         return [(e.id, find_media(data, e.id), e.fps) for e in chosen]
     if subset is not None:
-        raise BadInputError(f"{data}: --subset needs a dataset directory with annotations.json")
+        raise BadInputError(f"{data}: `subset` needs a dataset directory with annotations.json")
     folder = data / "videos" if (data / "videos").is_dir() else data
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
     if not files:
@@ -82,31 +83,34 @@ def _videos(data: Path, subset: str | None) -> list[tuple[str, Path | None, floa
     return [(p.stem, p, None) for p in files]
 
 
+def check_settings(settings: ExtractSettings) -> None:
+    """What can be checked without the backbone: modes, and that every given count is positive."""
+    if settings.mode not in ("snippet", "frames"):
+        raise BadInputError(f"`mode` must be snippet or frames, got {settings.mode!r}")
+    for name in ("clip", "stride", "frame_step", "num_frames", "window", "size", "batch"):
+        value = getattr(settings, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise BadInputError(f"`{name}` must be a positive integer, got {value!r}")
+
+
 def _resolve(settings: ExtractSettings, model, spec) -> dict[str, Any]:
     """Fill defaults from the backbone's input spec and check them against the model's constraints."""
-    if settings.mode not in ("snippet", "frames"):
-        raise BadInputError(f"--mode must be snippet or frames, got {settings.mode!r}")
     size = settings.size or spec.image_size
     clip = settings.clip or spec.num_frames
     min_frames = max(getattr(model, "min_frames", 1), 1)
     r: dict[str, Any] = {"mode": settings.mode, "frame_step": settings.frame_step, "size": size}
-    if settings.frame_step < 1 or settings.batch < 1:
-        raise BadInputError("--frame-step and --batch must be at least 1")
     if settings.mode == "snippet":
         if clip % min_frames:
-            raise BadInputError(f"--clip {clip} must be a multiple of {min_frames} for this backbone")
-        stride = settings.stride or max(clip // 4, 1)
-        if stride < 1:
-            raise BadInputError(f"--stride must be at least 1, got {stride}")
-        r.update(clip=clip, stride=stride, num_frames=None, window=None)
+            raise BadInputError(f"`clip` {clip} must be a multiple of {min_frames} for this backbone")
+        r.update(clip=clip, stride=settings.stride or max(clip // 4, 1), num_frames=None, window=None)
     else:
         window = settings.window
         unit = max(min_frames, model.temporal_stride)
-        if window < unit or window % unit:
-            raise BadInputError(f"--window {window} must be a positive multiple of {unit} for this backbone")
-        if settings.num_frames is not None and (settings.num_frames < 1 or settings.num_frames % model.temporal_stride):
+        if window % unit:
+            raise BadInputError(f"`window` {window} must be a positive multiple of {unit} for this backbone")
+        if settings.num_frames is not None and settings.num_frames % model.temporal_stride:
             raise BadInputError(
-                f"--num-frames {settings.num_frames} must be a positive multiple of the backbone's temporal stride "
+                f"`num_frames` {settings.num_frames} must be a multiple of the backbone's temporal stride "
                 f"{model.temporal_stride}"
             )
         r.update(clip=None, stride=None, num_frames=settings.num_frames, window=window)
@@ -249,9 +253,8 @@ def _metadata_matches(path: Path, wanted: dict[str, str]) -> bool:
 def _save_atomic(path: Path, tensors: dict, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def extract_features(
@@ -260,28 +263,30 @@ def extract_features(
     out: str | os.PathLike,
     settings: ExtractSettings = ExtractSettings(),
     *,
+    arch: str | None = None,
     subset: str | None = None,
     force: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> ExtractResult:
     """Extract features of every video of `data` into `out` (see module docstring); never stops at a bad video.
 
-    `progress` receives dicts: {"event": "start", "videos": n} once, then {"event": "frames", "count": k} as frames
-    are decoded, and {"event": "video", "id", "status": written|skipped|failed} per video.
+    `progress` receives dicts: {"event": "start", "videos": n, "arch", "arch_from"} once, then {"event": "frames",
+    "count": k} as frames are decoded, and {"event": "video", "id", "status": written|skipped|failed} per video.
     """
     import torch
 
     from re2tal_cli.checkpoint import load_backbone
-    from re2tal_cli.data.datasets import write_json_atomic
     from re2tal_cli.data.video import open_video
 
     data, out = Path(data), Path(out)
+    check_settings(settings)
     if not data.exists():
         raise BadDataError(f"{data}: no such dataset directory")
+    check_creatable(out, directory=True)
     videos = _videos(data, subset)
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInputError(f"--device {settings.device}: CUDA is not available here; use --device cpu")
-    loaded = load_backbone(checkpoint)
+        raise BadInputError(f"`device` {settings.device}: CUDA is not available here; use cpu")
+    loaded = load_backbone(checkpoint, arch)
     model = loaded.model.eval().to(settings.device)
     spec = loaded.input
     resolved = _resolve(settings, model, spec)
@@ -289,7 +294,7 @@ def extract_features(
     tag = {"settings": json.dumps(resolved, sort_keys=True), "arch": loaded.arch, "source": str(checkpoint)}
     out.mkdir(parents=True, exist_ok=True)
     notify = progress or (lambda event: None)
-    notify({"event": "start", "videos": len(videos)})
+    notify({"event": "start", "videos": len(videos), "arch": loaded.arch, "arch_from": loaded.arch_from})
     result = ExtractResult(out=str(out), settings={**resolved, "arch": loaded.arch, "source": str(checkpoint)})
     index_videos: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -303,7 +308,7 @@ def extract_features(
                 continue
             if _metadata_matches(target, {}):  # a readable file from other settings (an unreadable one is replaced)
                 raise BadInputError(
-                    f"{target}: was extracted with other settings; pass --force to overwrite, or use another --out"
+                    f"{target}: was extracted with other settings; pass `force` to overwrite it, or use another `out`"
                 )
         try:
             if media is None:

@@ -1,0 +1,30 @@
+"""Options that several commands share, declared once so they read and behave the same everywhere.
+
+Every option that takes a value has a metavar naming what it takes (PATH, N, NAME, …); flags have none.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Checkpoint = Annotated[
+    str,
+    typer.Argument(
+        metavar="CHECKPOINT",
+        help="Backbone checkpoint: a re2tal output directory, a local .safetensors/.pth/.pt/.bin file or folder, "
+        "or hf://ORG/REPO[/FILE][@REVISION].",
+    ),
+]
+Arch = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Architecture (docs/models.md). Default: from the checkpoint's config.json (re2tal or transformers), "
+        "else from its keys and shapes.",
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
+Json = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (progress and warnings on stderr).")]
+Device = Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:1, …")]

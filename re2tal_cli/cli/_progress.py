@@ -1,0 +1,57 @@
+"""The one progress bar of the CLI: rich, on stderr (stdout stays clean for --json), drawn from the first update on."""
+
+from __future__ import annotations
+
+
+class ProgressBar:
+    """A `progress(done, total, info="")` callback for core functions, shown as a rich bar on stderr.
+
+    It starts drawing at its first update, so an error raised before any work leaves stderr to the one-line error; a
+    quiet bar draws nothing. `log` prints a line above the bar (or plainly when no bar is drawn), so messages during
+    the work neither break the bar nor get lost.
+    """
+
+    def __init__(self, label: str, quiet: bool = False, transient: bool = True):
+        self.label, self.quiet, self.transient = label, quiet, transient
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+            self._progress = None
+        return False
+
+    def __call__(self, done: int, total: int | None, info: str = "") -> None:
+        if self.quiet:
+            return
+        if self._progress is None:
+            self._start()
+        self._progress.update(self._task, completed=done, total=total, info=info)
+
+    def log(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(message, highlight=False, markup=False)
+        else:
+            from rich.console import Console
+
+            Console(stderr=True).print(message, highlight=False, markup=False)
+
+    def _start(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn(self.label, markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}", markup=False),
+            console=Console(stderr=True),
+            transient=self.transient,
+        )
+        self._progress.__enter__()
+        self._task = self._progress.add_task(self.label, total=None, info="")

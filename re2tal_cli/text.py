@@ -1,0 +1,13 @@
+"""Small helpers for messages people read."""
+
+from __future__ import annotations
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """'1 class', '2 classes', '0 videos'."""
+    return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
+
+
+def one_of(choices: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
