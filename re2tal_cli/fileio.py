@@ -65,7 +65,8 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _as_if_created(tmp, directory=True)
+    for path in [tmp, *tmp.rglob("*")]:  # libraries may create private files (safetensors writes 0600)
+        _as_if_created(path, directory=path.is_dir())
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -10,3 +10,11 @@ def _deterministic_and_light():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory):
+    """Tiny real videos (mp4 with B-frames, mkv with a pts offset, MPEG-TS, MPEG-4 AVI) and broken files."""
+    from tests.videos import make_videos
+
+    return make_videos(tmp_path_factory)

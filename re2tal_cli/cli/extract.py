@@ -106,6 +106,8 @@ def main(
         Console().print(
             f"{out}: {len(result.written)} written, {len(result.skipped)} already done, {failed} ({rates})",
             highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
     if result.failed:
         raise typer.Exit(code=1)

@@ -208,7 +208,7 @@ def load_predictions(path: str | Path, gt: GroundTruth, ambiguous_label: str | N
         example = next(iter(results))
         raise BadDataError(
             f"{path}: no prediction is for a video of subset {gt.subset!r} of {gt.path} (e.g. {example!r}); "
-            "predictions for another dataset, or the wrong --subset?"
+            "predictions for another dataset, or the wrong `subset`?"
         )
 
     segs, labels, scores, counts = [], [], [], []

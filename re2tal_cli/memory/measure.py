@@ -64,7 +64,7 @@ def _run(config: StepConfig, steps: int) -> Measurement:
 
     if config.device == "cuda":
         if not torch.cuda.is_available():
-            raise Re2talError("--measure on cuda: no CUDA device")
+            raise Re2talError("`measure` on cuda: no CUDA device")
         return _run_cuda(config, steps)
     return _run_cpu(config, steps)
 

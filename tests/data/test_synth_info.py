@@ -150,3 +150,36 @@ def test_clip_dataset(synth, tmp_path):
 
     with pytest.raises(BadDataError, match="clips.csv:1: end 1.0 ≤ start 3.0"):
         ClipDataset(csv)
+
+
+def test_windows_of_a_video_differ_within_an_epoch_and_across_epochs_with_workers(synth):
+    """Each of a video's `windows_per_video` windows is its own draw; epoch 2 draws anew even in persistent workers
+    (the loader's keys carry the epoch, which a worker's copy of the dataset would not see through set_epoch)."""
+    out, _ = synth
+    ds = TALDataset(out, "train", num_frames=8, sampling="window", windows="random", size=16, windows_per_video=3)
+    videos = len(ds.entries)
+    assert len(ds) == 3 * videos
+    starts = [float(ds[k]["times"][0]) for k in range(0, 3 * videos, videos)]  # the three windows of video 0
+    assert len(set(starts)) == 3, starts
+
+    loader = make_loader(ds, batch_size=len(ds), shuffle=True, workers=2, seed=0)
+
+    def epoch(e):
+        loader.sampler.set_epoch(e)
+        (batch,) = list(loader)
+        return {(vid, float(t[0])) for vid, t in zip(batch["video_id"], batch["times"], strict=True)}
+
+    first, second, first_again = epoch(0), epoch(1), epoch(0)
+    assert first != second and first == first_again
+
+
+def test_epoch_sampler_orders_depend_on_seed_and_epoch_only():
+    from re2tal_cli.data.datasets import EpochSampler
+
+    a, b = EpochSampler(10, shuffle=True, seed=3), EpochSampler(10, shuffle=True, seed=3)
+    b.set_epoch(4)
+    a.set_epoch(4)
+    assert list(a) == list(b) and sorted(i for _, i in a) == list(range(10)) and {e for e, _ in a} == {4}
+    a.set_epoch(5)
+    assert list(a) != list(b)
+    assert [i for _, i in EpochSampler(4)] == [0, 1, 2, 3]

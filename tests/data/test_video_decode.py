@@ -7,7 +7,7 @@ import pytest
 
 from re2tal_cli.data import video
 from re2tal_cli.errors import BadDataError
-from tests.data.conftest import write_video
+from tests.videos import write_video
 
 GOOD = ("mp4", "offset_mkv", "ts", "mpeg4_avi")
 
@@ -61,7 +61,7 @@ def test_read_frames_equals_decode_all(videos, decoded, name, strategy):
 
 
 def test_frames_are_the_right_ones(videos):
-    from tests.data.conftest import frame_image
+    from tests.videos import frame_image
 
     got = video.read_frames(videos["mp4"], [0, 17, 44, 89], strategy="seek")
     for frame, i in zip(got, [0, 17, 44, 89], strict=True):
@@ -122,7 +122,7 @@ def test_truncated_stream_with_index_at_front(tmp_path):
 def test_frame_folder(tmp_path):
     from PIL import Image
 
-    from tests.data.conftest import frame_image
+    from tests.videos import frame_image
 
     folder = tmp_path / "frames" / "vid"
     folder.mkdir(parents=True)
@@ -143,7 +143,7 @@ def test_variable_frame_rate(tmp_path):
     import av
 
     from re2tal_cli.data.sampling import fps_indices
-    from tests.data.conftest import frame_image
+    from tests.videos import frame_image
 
     times_ms = np.cumsum([0] + [40, 40, 120, 40, 200, 40, 40, 80] * 8)[:60]  # gaps of 40–200 ms
     path = tmp_path / "vfr.mkv"

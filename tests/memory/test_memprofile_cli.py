@@ -93,3 +93,19 @@ def test_max_frames_fits_and_the_next_step_does_not():
     from dataclasses import replace
 
     assert estimate(replace(c, frames=n + 8)).total_peak > limit * 0.97
+
+
+def test_long_requests_report_progress_and_json_stays_pure():
+    from re2tal_cli.memprofile import memprofile
+
+    calls = []
+    report = memprofile(
+        "vit-tiny", frames=8, size=32, sweep="frames", progress=lambda done, total, what: calls.append((done, total))
+    )
+    assert calls and calls[-1][0] == calls[-1][1] == len(report["points"]) * 3
+    calls.clear()
+    memprofile("vit-tiny", frames=8, size=32, gpu_mem=0.05, largest="frames", wiring="plain",
+               progress=lambda done, total, what: calls.append((done, total, what)))  # fmt: skip
+    assert any("largest frames" in what for *_, what in calls) and calls[-1][:2] == (1, 1)
+    result = _run("--arch", "vit-tiny", "--frames", "8", "--size", "32", "--sweep", "frames", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["axis"] == "frames"

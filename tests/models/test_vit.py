@@ -123,3 +123,53 @@ def test_real_sizes_match_transformers_videomae(arch):
     assert {k: tuple(v.shape) for k, v in converted.items()} == {
         k: tuple(v.shape) for k, v in ours.state_dict().items()
     }
+
+
+@pytest.mark.parametrize("cls_name", ["VideoMAEModel", "VideoMAEForPreTraining"])
+def test_self_supervised_videomae_layouts_load_with_their_final_norm(cls_name, tmp_path):
+    """transformers' pretraining-only VideoMAE checkpoints (use_mean_pooling=False: the encoder keeps its final norm
+    as `videomae.layernorm`) load without `arch`, from their config.json, and give `last_hidden_state`; so does the
+    rewired checkpoint, at α=1, β=0 and through a reload."""
+    from re2tal_cli.checkpoint import load_backbone
+    from re2tal_cli.rewire import rewire
+
+    reference = hf_model(cls_name, use_mean_pooling=False)
+    reference.save_pretrained(tmp_path / "hf")
+    encoder = reference if cls_name == "VideoMAEModel" else reference.videomae
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        expected = encoder(video.transpose(1, 2)).last_hidden_state
+
+    loaded = load_backbone(tmp_path / "hf")
+    assert (loaded.arch, loaded.arch_from) == ("vit-tiny", "transformers config.json")
+    if cls_name == "VideoMAEForPreTraining":
+        assert loaded.converted.dropped and all(
+            k.startswith(("decoder.", "encoder_to_decoder.", "mask_token")) for k in loaded.converted.dropped
+        )
+    model = loaded.model.eval()
+    with torch.no_grad():
+        assert (model.tokens(video) - expected).abs().max() < 1e-5
+        model.set_wiring(Coupling(1.0, 0.0), Execution.PLAIN)
+        assert (model.tokens(video) - expected).abs().max() < 1e-5
+
+    # the weights alone (no config.json) are recognised by their keys and shapes, the final norm included
+    alone = tmp_path / "alone.safetensors"
+    (tmp_path / "hf" / "model.safetensors").rename(alone)
+    assert load_backbone(alone).arch_from == "checkpoint keys and shapes"
+
+    rewire(str(alone), tmp_path / "rw", alpha=1.0, beta=0.0)
+    again = load_backbone(tmp_path / "rw").model.eval()
+    with torch.no_grad():
+        assert (again.tokens(video) - expected).abs().max() < 1e-5
+
+
+def test_transformers_config_of_an_unregistered_size_is_refused(tmp_path):
+    import json
+
+    from re2tal_cli.checkpoint import load_backbone
+
+    hf_model("VideoMAEModel").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 7}))
+    with pytest.raises(BadCheckpointError, match="config.json: describes a VideoMAE .*depth 7"):
+        load_backbone(tmp_path)

@@ -375,3 +375,17 @@ def test_token_wise_blocks_recompute_in_chunks_exactly(coupling, dropout):
     assert blocks[2].calls == [10, 3, 3, 3, 1]  # forward, then the recompute in four pieces of ≤ 3 tokens
     # an active elementwise dropout draws per element: that block is recomputed whole
     assert blocks[0].calls == ([10, 10] if dropout else [10, 3, 3, 3, 1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_check_reversibility_on_cuda_draws_the_same_dropout_in_both_passes():
+    """The model copy goes to the video's device and the CUDA generator starts both passes from the same state:
+    with dropout active, a reversible step on the same draws matches ordinary autograd to fp32 rounding."""
+    from re2tal_cli.reversible.check import check_reversibility
+
+    net = Net([MlpBlock(64, drop_path=0.3, dropout=0.2) for _ in range(4)]).train()  # left on the CPU
+    video = torch.randn(4, 64, 64, device="cuda")
+    report = check_reversibility(net, video, Coupling(0.0, 1.0))
+    assert report.gradient_error_level < 1e-4 and report.fallbacks == 0
+    assert next(net.parameters()).device.type == "cpu"  # the caller's model is untouched

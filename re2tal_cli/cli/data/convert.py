@@ -63,6 +63,7 @@ def main(
         f"{plural(summary['ambiguous_spans'], 'Ambiguous span')}",
         highlight=False,
         markup=False,
+        soft_wrap=True,
     )
     err = Console(stderr=True)
     for w in summary["warnings"]:

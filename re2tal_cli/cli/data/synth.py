@@ -68,4 +68,5 @@ def main(
         f"{plural(len(summary['classes']), 'class', 'classes')}: {', '.join(summary['classes'])}",
         highlight=False,
         markup=False,
+        soft_wrap=True,
     )

@@ -1,4 +1,4 @@
-"""Tiny real videos written with PyAV, made once per test session."""
+"""Tiny real videos written with PyAV (the `videos` fixture, made once per test session, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 
 def frame_image(i: int, width: int = 64, height: int = 48) -> np.ndarray:
@@ -44,8 +43,7 @@ def write_video(
     return path
 
 
-@pytest.fixture(scope="session")
-def videos(tmp_path_factory) -> dict[str, Path]:
+def make_videos(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("videos")
     gop = {"g": "12", "bf": "3"}  # short GOPs with B-frames: several keyframes in a few seconds
     out = {
@@ -60,14 +58,3 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     (d / "truncated.mp4").write_bytes(good[: len(good) // 3])
     out.update(zero=d / "zero.mp4", garbage=d / "garbage.mp4", truncated=d / "truncated.mp4")
     return out
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is ~100× faster than two fighting for cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
