@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,46 +19,12 @@ from re2tal_cli import hub
 from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, config_reader, get_arch, list_archs
-from re2tal_cli.reversible.stage import Coupling, Execution
+from re2tal_cli.reversible.wiring import Wiring
 from re2tal_cli.text import plural
 
 FORMAT = "re2tal-backbone/1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-@dataclass(frozen=True)
-class Wiring:
-    """How the residual stages of a backbone are wired and executed."""
-
-    alpha: float = 1.0
-    beta: float = 0.0
-    execution: Execution = Execution.PLAIN
-    stages: tuple[int, ...] | None = None  # indices of the rewired stages; None: all
-
-    def apply(self, model: VideoBackbone, tolerance: float | None = None) -> list[int]:
-        """Set the wiring on the model's stages; returns the indices of the stages it applied to."""
-        try:
-            return model.set_wiring(Coupling(self.alpha, self.beta), self.execution, tolerance, self.stages)
-        except IndexError as error:
-            raise BadCheckpointError(str(error)) from None
-
-    def to_json(self) -> dict:
-        return {
-            **asdict(self),
-            "execution": self.execution.value,
-            "stages": None if self.stages is None else list(self.stages),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> Wiring:
-        stages = data.get("stages")
-        return cls(
-            float(data["alpha"]),
-            float(data["beta"]),
-            Execution(data["execution"]),
-            None if stages is None else tuple(stages),
-        )
 
 
 @dataclass

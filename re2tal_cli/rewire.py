@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from re2tal_cli import hub
-from re2tal_cli.checkpoint import Wiring, converted_values_equal, load_backbone, save_backbone
+from re2tal_cli.checkpoint import converted_values_equal, load_backbone, save_backbone
 from re2tal_cli.errors import BadInputError, NumericalError
 from re2tal_cli.fileio import atomic_dir, check_output_dir
 from re2tal_cli.models.registry import get_arch
 from re2tal_cli.reversible.check import CheckReport, check_reversibility
 from re2tal_cli.reversible.stage import Coupling, Execution
+from re2tal_cli.reversible.wiring import Wiring
 
 
 @dataclass(frozen=True)

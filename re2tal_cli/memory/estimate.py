@@ -14,13 +14,15 @@ ops that hold most activations).
 
 Cost: a fake run costs per operator (≈ 0.07 ms under `FakeTensorMode`), not per byte, and no backbone's operator
 count grows with the clip (Swin's attention, which loops over chunks of windows, runs only its first chunk on fake
-tensors), so a 2×1024×224² step is estimated as fast as a 1×16×224² one and every configuration runs exactly.
+tensors: `_shape_only`), so a 2×1024×224² step is estimated as fast as a 1×16×224² one and every configuration runs
+exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -31,6 +33,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from re2tal_cli.memory import tracker as t
 from re2tal_cli.memory.parallel import default_workers, run_forked
 from re2tal_cli.memory.step import StepConfig, TrainingSetup, build_model, check_input_shape, setup, train_step
+from re2tal_cli.models import swin_attention
+from re2tal_cli.reversible.guard import GuardStats
 
 
 @dataclass
@@ -228,13 +232,34 @@ def _run_step(config: StepConfig, owners: dict[str, nn.Module], warm: _WarmStart
     stages = owners["backbone"].residual_stages()
     handles += [h for i, stage in enumerate(stages) for h in _stage_scope_hooks(tracker, stage, f"stage{i}")]
     try:
-        with tracker:
+        with tracker, _shape_only(owners):
             train_step(s, "cpu", tracker)
     finally:
         for h in handles:
             h.remove()
         warm.optimizer.zero_grad(set_to_none=True)  # the next step starts, as this one did, without gradients
     return tracker
+
+
+class _AcceptingGuard(GuardStats):
+    """The guard of a step on fake tensors: there is no value to check, so every reversible backward stands."""
+
+    def accept(self, error: torch.Tensor, tolerance: float) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _shape_only(owners: dict[str, nn.Module]) -> Iterator[None]:
+    """The hooks the engine and the models offer for a run on tensors without values: the stages' guards accept
+    without reading an error, and Swin's attention computes only its first chunk of windows (every chunk allocates
+    and frees the same, so the peaks are the full loop's, at a cost that does not grow with the clip)."""
+    for stage in owners["backbone"].residual_stages():
+        stage.guard = _AcceptingGuard()
+    saved, swin_attention.chunk_plan = swin_attention.chunk_plan, swin_attention.first_chunk
+    try:
+        yield
+    finally:
+        swin_attention.chunk_plan = saved
 
 
 def _estimate_step(

@@ -22,13 +22,7 @@ from torch import nn
 from re2tal_cli.errors import BadInputError
 from re2tal_cli.memory.heads import HeadName, create_head
 from re2tal_cli.models import VideoBackbone, get_arch
-
-
-class WiringName(enum.StrEnum):
-    PLAIN = "plain"  # the original residual network, ordinary autograd (every activation kept)
-    CHECKPOINT = "checkpoint"  # the original network, torch.utils.checkpoint per residual block
-    REVERSIBLE = "reversible"  # Re²TAL's rewiring (α=0, β=1), reversible backward (stage boundaries kept)
-
+from re2tal_cli.reversible.wiring import WiringName
 
 WIRINGS = tuple(WiringName)
 
@@ -118,16 +112,8 @@ class TrainingSetup:
 def build_model(config: StepConfig) -> tuple[VideoBackbone, nn.Module | None]:
     """The backbone (wired as `config.wiring`) and the head of `config.head`, in training mode, on the current
     default device."""
-    from re2tal_cli.checkpoint import Wiring
-    from re2tal_cli.reversible.stage import Execution
-
     backbone = get_arch(config.arch).create(num_classes=0, drop_path=config.drop_path)
-    wiring = {
-        WiringName.PLAIN: Wiring(1.0, 0.0, Execution.PLAIN),
-        WiringName.CHECKPOINT: Wiring(1.0, 0.0, Execution.CHECKPOINT),
-        WiringName.REVERSIBLE: Wiring(0.0, 1.0, Execution.REVERSIBLE),
-    }[config.wiring]
-    wiring.apply(backbone)
+    config.wiring.wiring.apply(backbone)
     head = create_head(config.head, backbone.out_channels).train() if config.head is not None else None
     return backbone.train(), head
 

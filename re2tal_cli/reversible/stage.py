@@ -18,7 +18,7 @@ explicit inputs), so `torch.autograd.grad` and DDP see them like any other gradi
 
 The reconstructed stage input is compared with the kept one; when they differ by more than the tolerance (small β
 divides, reduced precision accumulates) the stage redoes that step's backward from the kept input, exactly, and
-counts the event in `GuardStats`.
+counts the event in its guard (`guard.py`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import contextlib
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
-from torch._subclasses.fake_tensor import is_fake
 
+from re2tal_cli.reversible.guard import DEFAULT_TOLERANCE, REDUCED_PRECISION_TOLERANCE, GuardStats
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
 
 
@@ -70,31 +70,6 @@ class Coupling:
 
 RE2TAL = Coupling(alpha=0.0, beta=1.0)
 ORIGINAL = Coupling(alpha=1.0, beta=0.0)
-
-# Largest tolerated |reconstructed − kept stage input| / max|kept input| before a stage falls back to exact recompute.
-# fp32 additive coupling reconstructs to ~1e-6 relative (docs/reversible.md); reduced precision inside F to ~1e-2.
-DEFAULT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
-REDUCED_PRECISION_TOLERANCE = 5e-2
-
-
-@dataclass
-class GuardStats:
-    """What the numerical guard saw, accumulated over backward passes until `reset()`."""
-
-    backward_passes: int = 0
-    fallbacks: int = 0
-    max_error: float = 0.0
-    errors: list[float] = field(default_factory=list, repr=False)
-
-    def record(self, error: float, fell_back: bool) -> None:
-        self.backward_passes += 1
-        self.fallbacks += int(fell_back)
-        if not math.isnan(self.max_error) and not error <= self.max_error:  # a NaN stays (`max` would drop it)
-            self.max_error = error
-        self.errors.append(error)
-
-    def reset(self) -> None:
-        self.backward_passes, self.fallbacks, self.max_error, self.errors = 0, 0, 0.0, []
 
 
 class ResidualStage(nn.Module):
@@ -215,24 +190,62 @@ class _ReversibleStageFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         stage: ResidualStage = ctx.stage
         (a,) = ctx.saved_tensors
-        last_pair, ctx.last_pair = ctx.last_pair, None
-        if last_pair is None:  # a second backward through a retained graph: the first one freed the pair
-            grads, _ = _backward_blocks(ctx, None, grad_out, exact_inputs=_exact_block_inputs(ctx, a))
-            return (None, *grads)
-        grads, error = _backward_blocks(ctx, last_pair, grad_out, exact_inputs=None, kept_input=a)
-        if is_fake(a):  # shape-only run (memory estimation): there are no numbers to check
-            return (None, *grads)
-        error = error.item()
-        fell_back = not error <= stage.default_tolerance(a, ctx.autocast)  # NaN counts as too large
-        if fell_back:
+        pair, ctx.last_pair = ctx.last_pair, None
+        if pair is not None:  # (None: a second backward through a retained graph; the first one freed the pair)
+            grads, error = _reversible_walk(ctx, pair, grad_out, a)
+            if stage.guard.accept(error, stage.default_tolerance(a, ctx.autocast)):
+                return (None, *grads)
             del grads
-            grads, _ = _backward_blocks(ctx, None, grad_out, exact_inputs=_exact_block_inputs(ctx, a))
-        stage.guard.record(error, fell_back)
-        return (None, *grads)
+        return (None, *_exact_walk(ctx, a, grad_out))
+
+
+# The backward, step by step. Per block i, from xᵢ = Fᵢ(xᵢ₋₁) + yᵢ₋₁ + α·xᵢ₋₁ and yᵢ = β·xᵢ₋₁:
+#
+#   invert      xᵢ₋₁ = yᵢ / β,   yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁
+#   gradient    ∂L/∂θᵢ = Jᵀ_θ·gxᵢ,   ∂L/∂xᵢ₋₁ = Jᵀ_F·gxᵢ + α·gxᵢ + β·gyᵢ,   ∂L/∂yᵢ₋₁ = gxᵢ
+#   stage input (x₀ = a, y₀ = β·a): ∂L/∂a = gx₀ + β·gy₀
+#
+# out = (xₙ + yₙ)/(1+β) gives both streams the gradient grad_out/(1+β); every gradient is linear in it, so the walk
+# starts from grad_out itself (no stage-sized copy) and the results are scaled once at the end. The working set
+# decides the step's peak memory (the transient of one block's recompute, not the stored activations), so besides the
+# recompute graph only xᵢ₋₁, yᵢ₋₁, gxᵢ, gyᵢ are alive when a block's gradient is taken, tensors are dropped as soon as
+# they are dead (arguments that a step consumes come in a list it empties), and gradients are updated in place.
+
+
+def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor, a: torch.Tensor):
+    """Blocks n…1 from the last pair [xₙ, yₙ] (emptied: the pair is freed as soon as it is inverted): each block's
+    input by inversion, then its gradient. Returns the gradients for (a, *params) and the reconstruction error of
+    (x₀, y₀) against the kept (a, β·a), relative to max|a|, as a 0-d tensor (the guard reads it)."""
+    beta = ctx.coupling.beta
+    grads = _ParameterGradients(ctx.params)
+    gx = gy = grad_out
+    error = None
+    for i in reversed(range(len(ctx.stage.blocks))):
+        y = pair.pop()
+        x_prev = y if beta == 1.0 else y / beta  # xᵢ₋₁ = yᵢ / β  (at β=1, yᵢ *is* xᵢ₋₁)
+        del y
+        y_prev, grad_in = _block_backward(ctx, i, x_prev, gx, gy, grads, x_next=pair, kept_input=a if i == 0 else None)
+        if i == 0:
+            error, y_prev = y_prev, None  # block 0 returned the reconstruction error in place of y₀
+        gx, gy = _input_gradients(ctx, grad_in, gx, gy)
+        pair[:] = [x_prev, y_prev]
+    return _stage_gradients(ctx, gx, gy, grads), error
+
+
+def _exact_walk(ctx, a: torch.Tensor, grad_out: torch.Tensor) -> list:
+    """The fallback: the block inputs recomputed forward from the kept stage input, without a graph (checkpointing's
+    cost), then each block's gradient as in the reversible walk. Exact whatever β."""
+    inputs = _exact_block_inputs(ctx, a)
+    grads = _ParameterGradients(ctx.params)
+    gx = gy = grad_out
+    for i in reversed(range(len(ctx.stage.blocks))):
+        _, grad_in = _block_backward(ctx, i, inputs.pop(), gx, gy, grads)
+        gx, gy = _input_gradients(ctx, grad_in, gx, gy)
+    return _stage_gradients(ctx, gx, gy, grads)
 
 
 def _exact_block_inputs(ctx, a: torch.Tensor) -> list[torch.Tensor]:
-    """The fallback: recompute x₀…xₙ₋₁ forward from the kept stage input, without a graph (checkpointing's cost)."""
+    """x₀…xₙ₋₁ recomputed forward from the kept stage input, without a graph."""
     stage: ResidualStage = ctx.stage
     alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
     xs, x, y = [], a.detach(), _scaled(a.detach(), beta)
@@ -244,107 +257,114 @@ def _exact_block_inputs(ctx, a: torch.Tensor) -> list[torch.Tensor]:
     return xs
 
 
-def _backward_blocks(
-    ctx, last_pair: list | None, grad_out: torch.Tensor, exact_inputs: list | None, kept_input: torch.Tensor = None
-):
-    """Walk the blocks in reverse from `last_pair` = [xₙ, yₙ] (emptied here, so the pair is freed as soon as it is
-    inverted) and return the gradients for (a, *params) and the reconstruction error: max |rebuilt − kept| of
-    (x₀, y₀) against (a, β·a), relative to max|a|, as a 0-d tensor (None with `exact_inputs`, which supplies the
-    block inputs instead of inverting; `last_pair` is then not needed).
+def _block_backward(
+    ctx,
+    i: int,
+    x_prev: torch.Tensor,
+    gx: torch.Tensor,
+    gy: torch.Tensor,
+    grads: _ParameterGradients,
+    x_next: list | None = None,
+    kept_input: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Recompute Fᵢ(xᵢ₋₁) with a graph and take its vector-Jacobian products with gxᵢ: the parameters' go into
+    `grads`, the input's Jᵀ_F·gxᵢ is returned. With `x_next` = [xᵢ] (emptied once used), the same recompute also
+    inverts the block: yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁ is returned first (else None); with `kept_input` (block 0),
+    y₀ is compared with β·a (and x₀ with a) as soon as it is known and the error is returned in its place.
 
-    out = (xₙ + yₙ)/(1+β) gives both streams the gradient grad_out/(1+β); every gradient is linear in it, so the
-    walk starts from grad_out itself (no stage-sized copy) and the results are scaled once at the end.
-
-    Gradients, from xᵢ = Fᵢ(xᵢ₋₁) + yᵢ₋₁ + α·xᵢ₋₁ and yᵢ = β·xᵢ₋₁:
-        ∂L/∂xᵢ₋₁ = Jᵀ_F·gxᵢ + α·gxᵢ + β·gyᵢ,   ∂L/∂yᵢ₋₁ = gxᵢ,   ∂L/∂θᵢ = Jᵀ_θ·gxᵢ
-    and at the stage input (x₀ = a, y₀ = β·a): ∂L/∂a = gx₀ + β·gy₀.
-
-    The working set decides the step's peak memory (NOTES.md: the transient of one block's recompute, not the stored
-    activations), so besides the recompute graph only xᵢ₋₁, yᵢ₋₁, gxᵢ, gyᵢ are alive when its gradient is taken,
-    and the gradient updates are done in place.
-    """
-    stage: ResidualStage = ctx.stage
+    A token-wise F (no mixing along `dim`, no elementwise randomness) is done a chunk of tokens at a time: the
+    step's peak is this transient, and a chunk's is 1/RECOMPUTE_CHUNKS of it."""
+    f = ctx.stage.blocks[i]
     alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
-    position = {id(p): k for k, p in enumerate(ctx.params)}
-    param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
-    x, y = last_pair if last_pair is not None else (None, None)
-    if last_pair is not None:
-        last_pair.clear()
-    gx, gy = grad_out, grad_out
-    error = None
-    for i in reversed(range(len(stage.blocks))):
-        f = stage.blocks[i]
-        x_prev = (y if beta == 1.0 else y / beta) if exact_inputs is None else exact_inputs[i]  # xᵢ₋₁ = yᵢ / β
-        block_params = [p for p in f.parameters() if id(p) in position]
+    block_params = grads.of(f)
+    dim = _token_wise_dim(f)
+    if dim is None or x_prev.shape[dim] < 2:
+        x_in, fx = _recompute(ctx, i, f, x_prev)
+        y_prev = None
+        if x_next is not None:
+            y_prev = x_next.pop() - fx.detach()  # xᵢ is freed here, before the gradient's transient
+            if alpha:
+                y_prev.sub_(x_prev, alpha=alpha)
+            if kept_input is not None:
+                y_prev = _reconstruction_error(x_prev, y_prev, kept_input, beta)
+        grad_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
+        del fx, x_in  # this block's recompute graph is dead: free it before the next block's
+        grads.add(block_params, grad_params, gx, gy)
+        del grad_params
+        grad_in = torch.zeros_like(gx) if grad_in is None else _owned(grad_in, gx, gy)  # None: F ignores x
+        return y_prev, grad_in
 
-        dim = _token_wise_dim(f)
-        if dim is None or x_prev.shape[dim] < 2:
-            x_in, fx = _recompute(ctx, i, f, x_prev)
-            if exact_inputs is None:
-                y_prev = x - fx.detach()  # yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁
-                if alpha:
-                    y_prev.sub_(x_prev, alpha=alpha)
-            del x, y  # (xᵢ, yᵢ) are rebuilt into (xᵢ₋₁, yᵢ₋₁): drop them before the gradient's transient
-            if i == 0 and exact_inputs is None:  # y₀ is needed only for the guard: compare it now and drop it
-                error, y_prev = _reconstruction_error(x_prev, y_prev, kept_input, beta), None
-            grad_x_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
-            del fx, x_in  # this block's recompute graph is dead: free it before the next block's
-            _accumulate(param_grads, position, block_params, grad_params, gx, gy)
-            del grad_params
-            grad_x_in = torch.zeros_like(gx) if grad_x_in is None else _owned(grad_x_in, gx, gy)  # None: F ignores x
+    x = x_next.pop() if x_next is not None else None
+    y_prev = torch.empty_like(x) if x is not None else None
+    grad_in = torch.empty_like(gx)
+    size = x_prev.shape[dim]
+    step = -(-size // min(RECOMPUTE_CHUNKS, size))
+    for start in range(0, size, step):
+        piece = slice(start, min(start + step, size))
+        x_in, fx = _recompute(ctx, i, f, _narrow(x_prev, dim, piece))
+        if x is not None:
+            y_piece = _narrow(y_prev, dim, piece)
+            torch.sub(_narrow(x, dim, piece), fx.detach(), out=y_piece)
+            if alpha:
+                y_piece.sub_(x_in.detach(), alpha=alpha)
+        g_piece, *grad_params = torch.autograd.grad(
+            fx, [x_in, *block_params], _narrow(gx, dim, piece), allow_unused=True
+        )
+        del fx, x_in
+        grads.add(block_params, grad_params, gx, gy)
+        target = _narrow(grad_in, dim, piece)
+        if g_piece is None:
+            target.zero_()
         else:
-            # A token-wise F (no mixing along `dim`, no elementwise randomness) is recomputed and differentiated a
-            # chunk of tokens at a time: the step's peak is this transient, and a chunk's is 1/RECOMPUTE_CHUNKS of it.
-            y_prev = torch.empty_like(x) if exact_inputs is None else None
-            grad_x_in = torch.empty_like(gx)
-            size = x_prev.shape[dim]
-            step = -(-size // min(RECOMPUTE_CHUNKS, size))
-            for start in range(0, size, step):
-                piece = slice(start, min(start + step, size))
-                x_in, fx = _recompute(ctx, i, f, _narrow(x_prev, dim, piece))
-                if exact_inputs is None:
-                    y_piece = _narrow(y_prev, dim, piece)
-                    torch.sub(_narrow(x, dim, piece), fx.detach(), out=y_piece)
-                    if alpha:
-                        y_piece.sub_(x_in.detach(), alpha=alpha)
-                g_piece, *grad_params = torch.autograd.grad(
-                    fx, [x_in, *block_params], _narrow(gx, dim, piece), allow_unused=True
-                )
-                del fx, x_in
-                _accumulate(param_grads, position, block_params, grad_params, gx, gy)
-                target = _narrow(grad_x_in, dim, piece)
-                if g_piece is None:
-                    target.zero_()
-                else:
-                    target.copy_(g_piece)
-                del g_piece, grad_params
-            del x, y
-            if i == 0 and exact_inputs is None:
-                error, y_prev = _reconstruction_error(x_prev, y_prev, kept_input, beta), None
-        if exact_inputs is not None:
-            y_prev = _scaled(exact_inputs[i - 1] if i > 0 else x_prev, beta)
-        if alpha:
-            grad_x_in.add_(gx, alpha=alpha)
-        if beta:
-            grad_x_in.add_(gy, alpha=beta)
-        gx, gy = grad_x_in, gx
-        x, y = x_prev, y_prev  # noqa: F841  (read at the next iteration; ruff misreads the `del` above)
+            target.copy_(g_piece)
+        del g_piece, grad_params
+    del x
+    if kept_input is not None:
+        y_prev = _reconstruction_error(x_prev, y_prev, kept_input, beta)
+    return y_prev, grad_in
+
+
+def _input_gradients(ctx, grad_in: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor):
+    """(∂L/∂xᵢ₋₁, ∂L/∂yᵢ₋₁) = (Jᵀ_F·gxᵢ + α·gxᵢ + β·gyᵢ, gxᵢ), in place on Jᵀ_F·gxᵢ."""
+    alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
+    if alpha:
+        grad_in.add_(gx, alpha=alpha)
+    if beta:
+        grad_in.add_(gy, alpha=beta)
+    return grad_in, gx
+
+
+def _stage_gradients(ctx, gx: torch.Tensor, gy: torch.Tensor, grads: _ParameterGradients) -> list:
+    """[∂L/∂a, *∂L/∂θ], each scaled once by 1/(1+β): ∂L/∂a = gx₀ + β·gy₀ (module comment above)."""
+    beta = ctx.coupling.beta
     grad_a = torch.add(gx, gy, alpha=beta) if ctx.needs_input_grad[1] else None
-    for grad in (grad_a, *param_grads):
+    result = [grad_a, *grads.values]
+    for grad in result:
         if grad is not None:
             grad.div_(1 + beta)
-    return [grad_a, *param_grads], error
+    return result
+
+
+class _ParameterGradients:
+    """The stage's parameter gradients, accumulated block by block in the Function's parameter order."""
+
+    def __init__(self, params: Sequence[nn.Parameter]):
+        self._position = {id(p): k for k, p in enumerate(params)}
+        self.values: list[torch.Tensor | None] = [None] * len(params)
+
+    def of(self, block: nn.Module) -> list[nn.Parameter]:
+        """The block's parameters that the Function differentiates (trainable ones)."""
+        return [p for p in block.parameters() if id(p) in self._position]
+
+    def add(self, params: list, grads: list, *incoming: torch.Tensor) -> None:
+        for p, grad in zip(params, grads, strict=True):
+            if grad is not None:
+                k = self._position[id(p)]
+                grad = _owned(grad, *incoming)
+                self.values[k] = grad if self.values[k] is None else self.values[k].add_(grad)
 
 
 RECOMPUTE_CHUNKS = 4  # pieces a token-wise block is recomputed in
-
-
-def _accumulate(param_grads: list, position: dict, block_params: list, grads: list, *incoming: torch.Tensor) -> None:
-    for p, grad in zip(block_params, grads, strict=True):
-        if grad is not None:
-            k = position[id(p)]
-            grad = _owned(grad, *incoming)
-            param_grads[k] = grad if param_grads[k] is None else param_grads[k].add_(grad)
 
 
 def _token_wise_dim(f: nn.Module) -> int | None:

@@ -21,8 +21,9 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from re2tal_cli.checkpoint import Wiring, save_backbone
+    from re2tal_cli.checkpoint import save_backbone
     from re2tal_cli.models.registry import create_model
+    from re2tal_cli.reversible.wiring import Wiring
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("ckpt")

@@ -15,7 +15,7 @@ from re2tal_cli.memory.heads import ActionFormerLoss
 from re2tal_cli.memory.measure import measure
 from re2tal_cli.memory.step import StepConfig
 from re2tal_cli.memory.tracker import StorageTracker
-from re2tal_cli.models import get_arch, swin3d
+from re2tal_cli.models import get_arch, swin_attention
 
 
 def _numel(arch: str) -> int:
@@ -76,7 +76,7 @@ def test_reversible_stage_keeps_its_boundaries_only():
 def test_estimate_cost_does_not_grow_with_the_clip(monkeypatch, arch):
     # A fake run costs per operator: what lets every configuration, however long the clip, be estimated exactly.
     # Swin's attention gets chunks of a quarter token tensor, several per sample at both sizes, as on long clips.
-    monkeypatch.setattr(swin3d, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(swin_attention, "_CHUNK_BYTES", 1)
     spec = get_arch(arch).input
     short = estimate(StepConfig(arch, spec.num_frames, spec.image_size, 1, "reversible", device="cpu"))
     long = estimate(StepConfig(arch, 8 * spec.num_frames, spec.image_size, 2, "reversible", device="cpu"))
@@ -86,31 +86,32 @@ def test_estimate_cost_does_not_grow_with_the_clip(monkeypatch, arch):
 @pytest.mark.parametrize("shifted", [False, True])
 def test_swin_attention_on_fake_tensors_has_the_full_loops_peaks(monkeypatch, shifted):
     # Chunks of 5 windows (N = 32, one head): 18 windows per sample are 3 chunks of 5 and one of 3.
-    monkeypatch.setattr(swin3d, "_CHUNK_BYTES", 5 * 32 * 32 * 4)
+    monkeypatch.setattr(swin_attention, "_CHUNK_BYTES", 5 * 32 * 32 * 4)
 
     def peaks() -> dict[str, int]:
-        with FakeTensorMode():
+        with FakeTensorMode():  # the attention on its own: no estimate sets the hook, the test does
             qkv = torch.empty(2, 18, 32, 3 * 16, requires_grad=True)
             bias = torch.empty(1, 32, 32, requires_grad=True)
             regions = torch.empty(18, 32, dtype=torch.int32) if shifted else None
             tracker = StorageTracker(block=1)
             with tracker:
                 tracker.phase("forward")
-                out = swin3d._WindowAttention.apply(qkv, bias, regions, 1, 0.25)
+                out = swin_attention.WindowAttention.apply(qkv, bias, regions, 1, 0.25)
                 tracker.phase("backward")
                 out.backward(torch.empty_like(out))
         return {phase: snap.total for phase, snap in tracker.phase_peaks.items()}
 
+    monkeypatch.setattr(swin_attention, "chunk_plan", swin_attention.first_chunk)  # as the estimate sets it
     reduced = peaks()
-    monkeypatch.setattr(swin3d, "is_fake", lambda tensor: False)  # every chunk of every sample, as a real run
+    monkeypatch.setattr(swin_attention, "chunk_plan", swin_attention.every_chunk)  # every chunk, as a real run
     assert peaks() == reduced
 
 
 def test_swin_estimate_with_two_attention_chunks_is_the_full_loops(monkeypatch):
-    monkeypatch.setattr(swin3d, "_CHUNK_BYTES", 5 * 32 * 32 * 4)  # several chunks per sample in the first stage
+    monkeypatch.setattr(swin_attention, "_CHUNK_BYTES", 5 * 32 * 32 * 4)  # several chunks per sample in the first stage
     c = StepConfig("swin3d-tiny", 8, 48, 2, "reversible", device="cpu")
     reduced = estimate(c)
-    monkeypatch.setattr(swin3d, "is_fake", lambda tensor: False)
+    monkeypatch.setattr(swin_attention, "first_chunk", swin_attention.every_chunk)  # the estimate's hook: all
     full = estimate(c)
     assert reduced.operators < full.operators
     cost = {"seconds": 0, "operators": 0}

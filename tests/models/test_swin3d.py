@@ -11,14 +11,16 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from re2tal_cli.checkpoint import Wiring, build_from_state_dict, guess_arch, load_backbone
+from re2tal_cli.checkpoint import build_from_state_dict, guess_arch, load_backbone
 from re2tal_cli.cli.app import app
 from re2tal_cli.errors import BadCheckpointError, BadInputError
 from re2tal_cli.models import create_model, get_arch
 from re2tal_cli.models import swin3d as swin
+from re2tal_cli.models import swin_attention as attention
 from re2tal_cli.models.base import IMAGENET_MEAN, IMAGENET_STD
 from re2tal_cli.reversible import Coupling, Execution
 from re2tal_cli.reversible.check import check_reversibility
+from re2tal_cli.reversible.wiring import Wiring
 
 ORACLE = "/work/shared/oracles/torchvision-video-models"
 LAYOUTS = Path("/work/shared/oracles/checkpoint-layouts")
@@ -159,7 +161,7 @@ def torchvision_layout(dim, depths, heads, classes=400, window=(8, 7, 7)):
 def layout_state_dict(shapes: dict, window=(8, 7, 7)) -> dict:
     """Meta tensors of the given shapes (no memory), except the relative-position indices, which the converter
     checks by value."""
-    index = swin.relative_position_index(window)
+    index = attention.relative_position_index(window)
     return {k: index if k.endswith("index") else torch.empty(s, device="meta") for k, s in shapes.items()}
 
 
@@ -205,7 +207,7 @@ def test_official_video_swin_names_and_no_head():
 def test_wrong_relative_position_index_is_refused():
     sd = layout_state_dict(torchvision_layout(16, (2, 2), (1, 2), classes=5, window=(2, 4, 4)), window=(2, 4, 4))
     swin.convert_swin3d(sd)  # the right ones pass
-    sd["features.2.1.attn.relative_position_index"] = swin.relative_position_index((2, 4, 4)).flip(0)
+    sd["features.2.1.attn.relative_position_index"] = attention.relative_position_index((2, 4, 4)).flip(0)
     with pytest.raises(BadCheckpointError, match=r"features\.2\.1\.attn\.relative_position_index"):
         swin.convert_swin3d(sd)
 
@@ -302,24 +304,22 @@ def test_original_wiring_is_the_unrewired_network():
 def test_window_attention_backward_matches_gradcheck(monkeypatch):
     """The hand-written attention backward, with the shift mask and with several chunks per sample."""
     b, nw, heads, n, hd = 2, 3, 2, 8, 2
-    monkeypatch.setattr(swin, "_CHUNK_BYTES", 2 * heads * n * n * 8)  # two windows per chunk: 2 chunks per sample
+    monkeypatch.setattr(attention, "_CHUNK_BYTES", 2 * heads * n * n * 8)  # two windows per chunk: 2 chunks per sample
     qkv = torch.randn(b, nw, n, 3 * heads * hd, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(heads, n, n, dtype=torch.float64, requires_grad=True)
-    regions = swin._region_ids((4, 4, 6), (2, 2, 2), (1, 1, 1))[:nw]
+    regions = attention._region_ids((4, 4, 6), (2, 2, 2), (1, 1, 1))[:nw]
     assert regions.unique().numel() > 1  # the mask is not trivial
     for r in (regions, None):
-        assert torch.autograd.gradcheck(lambda *t, r=r: swin._WindowAttention.apply(*t, r, heads, 0.5), (qkv, bias))
+        assert torch.autograd.gradcheck(lambda *t, r=r: attention.WindowAttention.apply(*t, r, heads, 0.5), (qkv, bias))
 
 
-def test_attention_chunks_on_fake_tensors_are_the_first_only(monkeypatch):
-    """A real run takes every chunk of every sample; memprofile's fake run only the first (the largest)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    monkeypatch.setattr(swin, "_CHUNK_BYTES", 5 * 100)  # 5 windows of 100 B of scores: 18 windows are 5 + 5 + 5 + 3
+def test_attention_chunks_are_every_one_unless_a_shape_only_run_asks_for_the_first(monkeypatch):
+    """A real run takes every chunk of every sample; memprofile's fake run (its hook) only the first (the largest)."""
+    monkeypatch.setattr(attention, "_CHUNK_BYTES", 5 * 100)  # 5 windows of 100 B: 18 windows are 5 + 5 + 5 + 3
     every = [(i, w0, min(w0 + 5, 18)) for i in range(3) for w0 in (0, 5, 10, 15)]
-    assert list(swin._chunks(torch.empty(3, 18, 1, 3), 100)) == every
-    with FakeTensorMode():
-        assert list(swin._chunks(torch.empty(3, 18, 1, 3), 100)) == [(0, 0, 5)]
+    assert list(attention._chunks(torch.empty(3, 18, 1, 3), 100)) == every
+    monkeypatch.setattr(attention, "chunk_plan", attention.first_chunk)
+    assert list(attention._chunks(torch.empty(3, 18, 1, 3), 100)) == [(0, 0, 5)]
 
 
 # --- API ---------------------------------------------------------------------------------------------------------
