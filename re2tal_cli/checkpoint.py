@@ -86,18 +86,13 @@ def _check_keys(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
 
 
 def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Architectures whose keys and shapes match the checkpoint exactly. Each family's converter runs once (it
-    rejects foreign layouts at once); each candidate's expected shapes are computed once per process, on meta."""
+    """Architectures whose keys and shapes match the checkpoint exactly. A converter rejects a foreign layout at
+    once; each candidate's expected shapes are computed once per process, on meta."""
     matches = []
-    converted_by_family: dict[object, ConvertedCheckpoint | None] = {}
     for arch in list_archs():
-        if arch.convert not in converted_by_family:
-            try:
-                converted_by_family[arch.convert] = arch.convert(state_dict)
-            except Exception:  # any converter failure means "not this family": a hint must never crash the error
-                converted_by_family[arch.convert] = None
-        converted = converted_by_family[arch.convert]
-        if converted is None:
+        try:
+            converted = arch.convert(state_dict)
+        except Exception:  # any converter failure means "not this arch": a hint must never crash the error
             continue
         sd = converted.state_dict
         build = tuple(sorted(converted.build.items()))

@@ -4,8 +4,9 @@ its preprocessing. Duplicate names raise; an unknown name suggests the closest o
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,15 +28,19 @@ class ConvertedCheckpoint:
 class Arch:
     name: str
     family: str
-    build: Callable[..., VideoBackbone]  # keyword arguments: num_classes, drop_path, … (family-specific)
+    config: Any  # the family's config dataclass (ViTConfig, Swin3dConfig, …): sizes and defaults
+    model: Callable[[Any], VideoBackbone]  # config → model
+    converter: Callable[[Mapping[str, torch.Tensor], Arch], ConvertedCheckpoint]  # (state dict, this arch) → ours
     input: InputSpec
-    convert: Callable[[Mapping[str, torch.Tensor]], ConvertedCheckpoint]
     description: str = ""
     test_only: bool = False  # tiny configs for tests and demos
-    defaults: dict = field(default_factory=dict)
 
     def create(self, **overrides) -> VideoBackbone:
-        return self.build(**{**self.defaults, **overrides})
+        """The model, with config fields replaced by `overrides` (num_classes, drop_path, …)."""
+        return self.model(replace(self.config, **overrides))
+
+    def convert(self, state_dict: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
+        return self.converter(state_dict, self)
 
 
 _ARCHS: dict[str, Arch] = {}
@@ -46,6 +51,19 @@ def register_arch(arch: Arch) -> Arch:
         raise ValueError(f"architecture {arch.name!r} is already registered")
     _ARCHS[arch.name] = arch
     return arch
+
+
+def register_family(
+    family: str,
+    model: Callable[[Any], VideoBackbone],
+    converter: Callable[[Mapping[str, torch.Tensor], Arch], ConvertedCheckpoint],
+) -> Callable[..., Arch]:
+    """The `register(name, config, input, description, test_only=False)` of one backbone family."""
+
+    def register(name: str, config: Any, input: InputSpec, description: str, test_only: bool = False) -> Arch:
+        return register_arch(Arch(name, family, config, model, converter, input, description, test_only))
+
+    return register
 
 
 def get_arch(name: str) -> Arch:

@@ -14,7 +14,6 @@ kernels gain a temporal axis of 1).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -23,7 +22,8 @@ from torch import nn
 
 from re2tal_cli.models.base import IMAGENET_MEAN, IMAGENET_STD, InputSpec, VideoBackbone
 from re2tal_cli.models.layers import drop_path_rates
-from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_arch
+from re2tal_cli.models.layouts import Rule, rename_keys
+from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_family
 from re2tal_cli.models.resnet_blocks import (
     BasicBlock,
     Bottleneck,
@@ -125,71 +125,57 @@ _TV_VIDEO_STEM = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2"}
 _TV_VIDEO_CONV = {"0": "spatial", "1": "bn", "3": "temporal"}
 _OURS = ("stem.conv1.", "stem.bn1.")  # marks our layout (torchvision's is stem.0, the 2-D one conv1)
 
+TORCHVISION_VIDEO_RULES: list[Rule] = [  # torchvision.models.video r3d_18 / r2plus1d_18
+    (r"stem\.([0134])\.(\w+)", lambda m: f"stem.{_TV_VIDEO_STEM[m[1]]}.{m[2]}"),
+    (  # R(2+1)D: the conv builder is a Sequential (spatial, bn, relu, temporal)
+        r"(layer\d\.\d+)\.conv(\d)\.0\.([013])\.(\w+)",
+        lambda m: f"{m[1]}.conv{m[2]}.{_TV_VIDEO_CONV[m[3]]}.{m[4]}",
+    ),
+    (r"(layer\d\.\d+)\.conv(\d)\.0\.(\w+)", r"\1.conv\2.\3"),
+    (r"(layer\d\.\d+)\.conv(\d)\.1\.(\w+)", r"\1.bn\2.\3"),
+    (r"(layer\d\.\d+)\.downsample\.0\.(\w+)", r"\1.shortcut.conv.\2"),
+    (r"(layer\d\.\d+)\.downsample\.1\.(\w+)", r"\1.shortcut.bn.\2"),
+    (r"fc\.(\w+)", r"head.\1"),
+]
+TWO_D_RULES: list[Rule] = [  # torchvision's 2-D ResNets (ImageNet) and the TSM release (after `module.base_model.`)
+    (r"(conv1|bn1)\.(\w+)", r"stem.\1.\2"),
+    (r"(layer\d\.\d+)\.downsample\.0\.(\w+)", r"\1.shortcut.conv.\2"),
+    (r"(layer\d\.\d+)\.downsample\.1\.(\w+)", r"\1.shortcut.bn.\2"),
+    (r"(?:fc|new_fc)\.(\w+)", r"head.\1"),
+]
 
-def convert_resnet3d(sd: Mapping[str, torch.Tensor], arch: str = "resnet3d") -> ConvertedCheckpoint:
+
+def convert_resnet3d(sd: Mapping[str, torch.Tensor], arch: Arch) -> ConvertedCheckpoint:
     """Map a torchvision video ResNet, a TSM release or a torchvision 2-D ResNet checkpoint to our keys. Values are
     untouched except 2-D conv kernels, which gain a temporal axis of size 1. Our own layout is passed to the strict key
     check as is; any other layout raises, naming our first key and the checkpoint's first foreign one."""
     if any(k.startswith("stem.0.") for k in sd):
-        return ConvertedCheckpoint(with_num_batches_tracked(_convert_torchvision_video(sd)), "torchvision-video")
+        return ConvertedCheckpoint(
+            with_num_batches_tracked(rename_keys(sd, TORCHVISION_VIDEO_RULES)), "torchvision-video"
+        )
     keys = {k.removeprefix("module.").removeprefix("base_model.") for k in sd}
     if "conv1.weight" in keys and "bn1.weight" in keys:
         fmt = "tsm" if any(k.startswith(("module.base_model.", "base_model.")) for k in sd) else "torchvision-2d"
-        return ConvertedCheckpoint(with_num_batches_tracked(_convert_2d(sd)), fmt)
+        return ConvertedCheckpoint(with_num_batches_tracked(rename_keys(_as_3d(sd), TWO_D_RULES)), fmt)
     if any(k.startswith(_OURS) for k in sd):
         return ConvertedCheckpoint(with_num_batches_tracked(sd), "re2tal")
-    raise unknown_layout(sd, arch, "ResNet-3D/TSM", "stem.conv1.weight", ("stem.", "layer", "head."))
+    raise unknown_layout(sd, arch.name, "ResNet-3D/TSM", "stem.conv1.weight", ("stem.", "layer", "head."))
 
 
-def _convert_torchvision_video(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _as_3d(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A 2-D ResNet's keys without the TSM release's wrappers (`module.base_model.`, `conv1.net`), its 2-D conv
+    kernels (out, in, kh, kw) as (out, in, 1, kh, kw)."""
     out = {}
     for key, value in sd.items():
-        if m := re.fullmatch(r"stem\.(\d)\.(\w+)", key):
-            out[f"stem.{_TV_VIDEO_STEM[m[1]]}.{m[2]}"] = value
-        elif m := re.fullmatch(
-            r"(layer\d\.\d+)\.conv(\d)\.0\.(\d)\.(\w+)", key
-        ):  # R(2+1)D: conv_builder is a Sequential
-            out[f"{m[1]}.conv{m[2]}.{_TV_VIDEO_CONV[m[3]]}.{m[4]}"] = value
-        elif m := re.fullmatch(r"(layer\d\.\d+)\.conv(\d)\.([01])\.(\w+)", key):
-            out[f"{m[1]}.{'conv' if m[3] == '0' else 'bn'}{m[2]}.{m[4]}"] = value
-        elif m := re.fullmatch(r"(layer\d\.\d+)\.downsample\.([01])\.(\w+)", key):
-            out[f"{m[1]}.shortcut.{'conv' if m[2] == '0' else 'bn'}.{m[3]}"] = value
-        elif m := re.fullmatch(r"fc\.(weight|bias)", key):
-            out[f"head.{m[1]}"] = value
-        else:
-            out[key] = value
-    return out
-
-
-def _convert_2d(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        key = key.removeprefix("module.").removeprefix("base_model.").replace(".net.", ".")  # TSM wraps conv1 as .net
-        if value.ndim == 4:  # 2-D conv kernel (out, in, kh, kw) → (out, in, 1, kh, kw)
-            value = value.unsqueeze(2)
-        if m := re.fullmatch(r"(conv1|bn1)\.(\w+)", key):
-            out[f"stem.{m[1]}.{m[2]}"] = value
-        elif m := re.fullmatch(r"(layer\d\.\d+)\.downsample\.([01])\.(\w+)", key):
-            out[f"{m[1]}.shortcut.{'conv' if m[2] == '0' else 'bn'}.{m[3]}"] = value
-        elif m := re.fullmatch(r"(?:fc|new_fc)\.(weight|bias)", key):
-            out[f"head.{m[1]}"] = value
-        else:
-            out[key] = value
+        key = key.removeprefix("module.").removeprefix("base_model.").replace(".net.", ".")
+        out[key] = value.unsqueeze(2) if value.ndim == 4 else value
     return out
 
 
 # --- architectures ----------------------------------------------------------------------------------------------
 
 
-def _register(name: str, cfg: ResNet3dConfig, input_spec: InputSpec, description: str, test_only: bool = False) -> None:
-    def build(**overrides) -> ResNet3d:
-        return ResNet3d(replace(cfg, **overrides))
-
-    def convert(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
-        return convert_resnet3d(sd, arch=name)
-
-    register_arch(Arch(name, "resnet3d", build, input_spec, convert, description, test_only))
-
+_register = register_family("resnet3d", ResNet3d, convert_resnet3d)
 
 # torchvision's Kinetics-400 video ResNets: 16-frame clips at 112² (frames resampled to 15 fps: stride 2 at 30 fps).
 _TV_KINETICS = InputSpec(

@@ -29,7 +29,8 @@ from torch import nn
 from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.models.layers import drop_path_rates
-from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_arch
+from re2tal_cli.models.layouts import Rule, rename_keys
+from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_family
 from re2tal_cli.models.resnet_blocks import (
     Bottleneck,
     ResLayer,
@@ -178,25 +179,56 @@ _PYTORCHVIDEO_BLOCK = {
 _PATHWAY = ("slow", "fast")
 _OURS = ("slow.", "fast.", "fuse.")  # our top-level prefixes (and `head.`, shared with PySlowFast)
 
+PYSLOWFAST_RULES: list[Rule] = [  # facebookresearch/SlowFast: s1 stems, s2…s5 stages, s1…s4_fuse, head.projection
+    (r"s1\.pathway(\d)_stem\.(conv|bn)\.(\w+)", lambda m: f"{_PATHWAY[int(m[1])]}.stem.{m[2]}1.{m[3]}"),
+    (r"s(\d)_fuse\.conv_f2s\.(\w+)", lambda m: f"fuse.{int(m[1]) - 1}.conv.{m[2]}"),
+    (r"s(\d)_fuse\.bn\.(\w+)", lambda m: f"fuse.{int(m[1]) - 1}.bn.{m[2]}"),
+    (
+        r"s(\d)\.pathway(\d)_res(\d+)\.(branch1|branch1_bn|branch2\.[abc]|branch2\.[abc]_bn)\.(\w+)",
+        lambda m: f"{_PATHWAY[int(m[2])]}.layer{int(m[1]) - 1}.{m[3]}.{_PYSLOWFAST_BLOCK[m[4]]}.{m[5]}",
+    ),
+    (r"head\.projection\.(\w+)", r"head.\1"),
+]
+PYTORCHVIDEO_RULES: list[Rule] = [  # pytorchvideo's hub models: blocks.0 stems, blocks.1…4 stages, blocks.5/6 head
+    (
+        r"blocks\.0\.multipathway_blocks\.(\d)\.(conv|norm)\.(\w+)",
+        lambda m: f"{_PATHWAY[int(m[1])]}.stem.{'conv' if m[2] == 'conv' else 'bn'}1.{m[3]}",
+    ),
+    (r"blocks\.(\d)\.multipathway_fusion\.conv_fast_to_slow\.(\w+)", r"fuse.\1.conv.\2"),
+    (r"blocks\.(\d)\.multipathway_fusion\.norm\.(\w+)", r"fuse.\1.bn.\2"),
+    (
+        r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.(branch1_conv|branch1_norm|branch2\.(?:conv|norm)_[abc])\.(\w+)",
+        lambda m: f"{_PATHWAY[int(m[2])]}.layer{m[1]}.{m[3]}.{_PYTORCHVIDEO_BLOCK[m[4]]}.{m[5]}",
+    ),
+    (r"blocks\.\d+\.proj\.(\w+)", r"head.\1"),
+]
+MMACTION_RULES: list[Rule] = [  # mmaction2's ResNet3dSlowFast (bare lateral convs: the …-mmaction archs)
+    (r"backbone\.(slow|fast)_path\.conv1\.(conv|bn)\.(\w+)", r"\1.stem.\g<2>1.\3"),
+    (r"backbone\.slow_path\.conv1_lateral\.conv\.(\w+)", r"fuse.0.conv.\1"),
+    (r"backbone\.slow_path\.layer(\d)_lateral\.conv\.(\w+)", r"fuse.\1.conv.\2"),
+    (r"backbone\.(slow|fast)_path\.(layer\d\.\d+)\.downsample\.(conv|bn)\.(\w+)", r"\1.\2.shortcut.\3.\4"),
+    (r"backbone\.(slow|fast)_path\.(layer\d\.\d+)\.conv(\d)\.conv\.(\w+)", r"\1.\2.conv\3.\4"),
+    (r"backbone\.(slow|fast)_path\.(layer\d\.\d+)\.conv(\d)\.bn\.(\w+)", r"\1.\2.bn\3.\4"),
+    (r"cls_head\.fc_cls\.(\w+)", r"head.\1"),
+]
 
-def convert_slowfast(
-    sd: Mapping[str, torch.Tensor], lateral_norm: bool = True, arch: str = "slowfast"
-) -> ConvertedCheckpoint:
+
+def convert_slowfast(sd: Mapping[str, torch.Tensor], arch: Arch) -> ConvertedCheckpoint:
     """Map a SlowFast checkpoint in any known layout to our keys; values untouched except mmaction2's classifier,
     whose input columns are reordered (mmaction2 concatenates fast before slow). Our own layout is passed to the
     strict key check as is; any other layout raises, naming our first key and the checkpoint's first foreign one."""
     if any(k.startswith("s1.pathway0_stem.") for k in sd):
-        out, fmt = _convert_pyslowfast(sd), "pyslowfast"
+        out, fmt = rename_keys(sd, PYSLOWFAST_RULES), "pyslowfast"
     elif any(k.startswith("blocks.0.multipathway_blocks.") for k in sd):
-        out, fmt = _convert_pytorchvideo(sd), "pytorchvideo"
+        out, fmt = rename_keys(sd, PYTORCHVIDEO_RULES), "pytorchvideo"
     elif any(k.startswith("backbone.slow_path.") for k in sd):
-        out, fmt = _convert_mmaction(sd), "mmaction2"
+        out, fmt = _slow_first_classifier(rename_keys(sd, MMACTION_RULES)), "mmaction2"
     elif any(k.startswith(_OURS) for k in sd):
         return ConvertedCheckpoint(with_num_batches_tracked(sd), "re2tal")
     else:
-        raise unknown_layout(sd, arch, "SlowFast", "slow.stem.conv1.weight", (*_OURS, "head."))
+        raise unknown_layout(sd, arch.name, "SlowFast", "slow.stem.conv1.weight", (*_OURS, "head."))
     has_lateral_norm = any(re.fullmatch(r"fuse\.\d+\.bn\.weight", k) for k in out)
-    if has_lateral_norm != lateral_norm:
+    if has_lateral_norm != arch.config.lateral_norm:
         kind = "with" if has_lateral_norm else "without"
         other = "a non-mmaction SlowFast arch (slowfast-r50, …)" if has_lateral_norm else "a …-mmaction arch"
         raise BadCheckpointError(
@@ -205,64 +237,13 @@ def convert_slowfast(
     return ConvertedCheckpoint(with_num_batches_tracked(out), fmt)
 
 
-def _convert_pyslowfast(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        if m := re.fullmatch(r"s1\.pathway(\d)_stem\.(conv|bn)\.(\w+)", key):
-            out[f"{_PATHWAY[int(m[1])]}.stem.{m[2]}1.{m[3]}"] = value
-        elif m := re.fullmatch(r"s(\d)_fuse\.(conv_f2s|bn)\.(\w+)", key):
-            out[f"fuse.{int(m[1]) - 1}.{'conv' if m[2] == 'conv_f2s' else 'bn'}.{m[3]}"] = value
-        elif m := re.fullmatch(r"s(\d)\.pathway(\d)_res(\d+)\.(.+)\.(\w+)", key):
-            stage, path, block, module, kind = m.groups()
-            out[
-                f"{_PATHWAY[int(path)]}.layer{int(stage) - 1}.{block}.{_PYSLOWFAST_BLOCK.get(module, module)}.{kind}"
-            ] = value
-        elif m := re.fullmatch(r"head\.projection\.(weight|bias)", key):
-            out[f"head.{m[1]}"] = value
-        else:
-            out[key] = value
-    return out
-
-
-def _convert_pytorchvideo(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        if m := re.fullmatch(r"blocks\.0\.multipathway_blocks\.(\d)\.(conv|norm)\.(\w+)", key):
-            out[f"{_PATHWAY[int(m[1])]}.stem.{'conv' if m[2] == 'conv' else 'bn'}1.{m[3]}"] = value
-        elif m := re.fullmatch(r"blocks\.(\d)\.multipathway_fusion\.(conv_fast_to_slow|norm)\.(\w+)", key):
-            out[f"fuse.{m[1]}.{'conv' if m[2] == 'conv_fast_to_slow' else 'bn'}.{m[3]}"] = value
-        elif m := re.fullmatch(r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.(.+)\.(\w+)", key):
-            stage, path, block, module, kind = m.groups()
-            out[f"{_PATHWAY[int(path)]}.layer{stage}.{block}.{_PYTORCHVIDEO_BLOCK.get(module, module)}.{kind}"] = value
-        elif m := re.fullmatch(r"blocks\.\d+\.proj\.(weight|bias)", key):
-            out[f"head.{m[1]}"] = value
-        else:
-            out[key] = value
-    return out
-
-
-def _convert_mmaction(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        if m := re.fullmatch(r"backbone\.(slow|fast)_path\.conv1\.(conv|bn)\.(\w+)", key):
-            out[f"{m[1]}.stem.{m[2]}1.{m[3]}"] = value
-        elif m := re.fullmatch(r"backbone\.slow_path\.(conv1|layer(\d))_lateral\.conv\.(\w+)", key):
-            out[f"fuse.{int(m[2] or 0)}.conv.{m[3]}"] = value
-        elif m := re.fullmatch(
-            r"backbone\.(slow|fast)_path\.(layer\d\.\d+)\.(conv\d|downsample)\.(conv|bn)\.(\w+)", key
-        ):
-            path, block, module, part, kind = m.groups()
-            name = f"shortcut.{part}" if module == "downsample" else (module if part == "conv" else f"bn{module[-1]}")
-            out[f"{path}.{block}.{name}.{kind}"] = value
-        elif m := re.fullmatch(r"cls_head\.fc_cls\.(weight|bias)", key):
-            out[f"head.{m[1]}"] = value
-        else:
-            out[key] = value
-    if "head.weight" in out:  # mmaction2's SlowFastHead concatenates (fast, slow): reorder the columns to (slow, fast)
-        fast = _fast_channels(out)
-        w = out["head.weight"]
-        out["head.weight"] = torch.cat([w[:, fast:], w[:, :fast]], dim=1)
-    return out
+def _slow_first_classifier(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """mmaction2's SlowFastHead concatenates (fast, slow): its classifier's columns reordered to (slow, fast)."""
+    if "head.weight" in sd:
+        fast = _fast_channels(sd)
+        w = sd["head.weight"]
+        sd["head.weight"] = torch.cat([w[:, fast:], w[:, :fast]], dim=1)
+    return sd
 
 
 def _fast_channels(sd: Mapping[str, torch.Tensor]) -> int:
@@ -275,15 +256,7 @@ def _fast_channels(sd: Mapping[str, torch.Tensor]) -> int:
 _KINETICS = dict(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))  # PySlowFast's Kinetics normalisation
 
 
-def _register(name: str, cfg: SlowFastConfig, input_spec: InputSpec, description: str, test_only: bool = False) -> None:
-    def build(**overrides) -> SlowFast:
-        return SlowFast(replace(cfg, **overrides))
-
-    def convert(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
-        return convert_slowfast(sd, lateral_norm=cfg.lateral_norm, arch=name)
-
-    register_arch(Arch(name, "slowfast", build, input_spec, convert, description, test_only))
-
+_register = register_family("slowfast", SlowFast, convert_slowfast)
 
 # fusion kernels: PySlowFast SLOWFAST_8x8_R50 7, SLOWFAST_8x8_R101_101_101 5, SLOWFAST_4x16_R50 5;
 # mmaction2 8×8 configs 7, 4×16 configs 5. R152 has no official PySlowFast config: it follows R101.

@@ -26,7 +26,8 @@ from torch import nn
 from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.models.layers import DropPath, drop_path_rates
-from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_arch
+from re2tal_cli.models.layouts import Rule, rename_keys
+from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_family
 from re2tal_cli.models.swin_attention import (
     Size3,
     WindowAttention,
@@ -230,11 +231,28 @@ class SwinTransformer3d(VideoBackbone):
 
 # --- checkpoint layouts -----------------------------------------------------------------------------------------
 
-_MMACTION_BLOCK = {"norm1": "attn.norm", "norm2": "mlp.norm"}  # attn.qkv/proj/table, mlp.fc1/fc2 keep their names
+MMACTION_RULES: list[Rule] = [  # mmaction2 1.x (final norm `norm3`) and the Video-Swin-Transformer release (`norm`)
+    (r"(?:backbone\.)?(layers\.\d+\.blocks\.\d+)\.norm1\.(\w+)", r"\1.attn.norm.\2"),
+    (r"(?:backbone\.)?(layers\.\d+\.blocks\.\d+)\.norm2\.(\w+)", r"\1.mlp.norm.\2"),
+    (r"(?:backbone\.)?norm\d*\.(weight|bias)", r"norm.\1"),
+    (r"cls_head\.fc_cls\.(\w+)", r"head.\1"),
+    (r"backbone\.(.+)", r"\1"),  # attn.qkv/proj/bias table, mlp.fc1/fc2, patch_embed, downsample keep their names
+]
 _TORCHVISION_BLOCK = {"norm1": "attn.norm", "norm2": "mlp.norm", "mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2"}
+TORCHVISION_RULES: list[Rule] = [  # features.2s: stage s's blocks; features.2s+1: its patch merging; `head`, `norm`
+    (
+        r"features\.(\d*[02468])\.(\d+)\.(norm1|norm2|mlp\.0|mlp\.3|attn\.qkv|attn\.proj)\.(\w+)",
+        lambda m: f"layers.{int(m[1]) // 2}.blocks.{m[2]}.{_TORCHVISION_BLOCK.get(m[3], m[3])}.{m[4]}",
+    ),
+    (
+        r"features\.(\d*[02468])\.(\d+)\.attn\.relative_position_bias_table",
+        lambda m: f"layers.{int(m[1]) // 2}.blocks.{m[2]}.attn.relative_position_bias_table",
+    ),
+    (r"features\.(\d*[13579])\.(reduction|norm)\.(\w+)", lambda m: f"layers.{int(m[1]) // 2}.downsample.{m[2]}.{m[3]}"),
+]
 
 
-def convert_swin3d(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
+def convert_swin3d(sd: Mapping[str, torch.Tensor], arch: Arch | None = None) -> ConvertedCheckpoint:
     """Map a Swin3D checkpoint to our keys: torchvision `swin3d_t/s/b`, mmaction2 (1.x: `backbone.norm3`) or the
     official Video-Swin-Transformer release (mmaction 0.x: `backbone.norm`), or our own layout. Values are untouched;
     `relative_position_index` buffers are checked against the window their table implies and dropped (we compute
@@ -243,41 +261,14 @@ def convert_swin3d(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
     if any(re.fullmatch(r"layers\.\d+\.blocks\.\d+\.attn\.norm\.weight", k) for k in sd):
         return ConvertedCheckpoint(dict(sd), "re2tal")
     if any(re.match(r"features\.\d+\.\d+\.norm1\.", k) for k in sd):
-        fmt, convert = "torchvision", _convert_torchvision
+        fmt, rules = "torchvision", TORCHVISION_RULES
     elif any(re.match(r"(backbone\.)?layers\.\d+\.blocks\.\d+\.norm1\.", k) for k in sd):
-        fmt, convert = "mmaction2", _convert_mmaction
+        fmt, rules = "mmaction2", MMACTION_RULES
     else:
         return ConvertedCheckpoint(dict(sd), "unknown")
     dropped = tuple(k for k in sd if k.endswith("relative_position_index"))
     _check_position_indices({k: sd[k] for k in dropped}, sd)
-    return ConvertedCheckpoint(convert({k: v for k, v in sd.items() if k not in dropped}), fmt, dropped)
-
-
-def _convert_mmaction(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        key = key.removeprefix("backbone.")
-        if m := re.fullmatch(r"(layers\.\d+\.blocks\.\d+)\.(norm1|norm2)\.(weight|bias)", key):
-            key = f"{m[1]}.{_MMACTION_BLOCK[m[2]]}.{m[3]}"
-        elif m := re.fullmatch(r"norm\d*\.(weight|bias)", key):  # mmaction2 1.x names it after the stage: norm3
-            key = f"norm.{m[1]}"
-        elif m := re.fullmatch(r"cls_head\.fc_cls\.(weight|bias)", key):
-            key = f"head.{m[1]}"
-        out[key] = value
-    return out
-
-
-def _convert_torchvision(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        if m := re.fullmatch(r"features\.(\d+)\.(\d+)\.(.+)\.(weight|bias|relative_position_bias_table)", key):
-            feature, block, module, kind = int(m[1]), m[2], m[3], m[4]
-            if feature % 2 == 0:  # features.2s is stage s's blocks, features.2s+1 its patch merging
-                key = f"layers.{feature // 2}.blocks.{block}.{_TORCHVISION_BLOCK.get(module, module)}.{kind}"
-        elif (m := re.fullmatch(r"features\.(\d+)\.(reduction|norm)\.(weight|bias)", key)) and int(m[1]) % 2:
-            key = f"layers.{int(m[1]) // 2}.downsample.{m[2]}.{m[3]}"
-        out[key] = value
-    return out
+    return ConvertedCheckpoint(rename_keys({k: v for k, v in sd.items() if k not in dropped}, rules), fmt, dropped)
 
 
 def _check_position_indices(indices: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> None:
@@ -312,12 +303,7 @@ def _windows_for(tokens: int, table_rows: int) -> list[Size3]:
 # --- architectures ----------------------------------------------------------------------------------------------
 
 
-def _register(name: str, cfg: Swin3dConfig, input_spec: InputSpec, description: str, test_only: bool = False) -> None:
-    def build(**overrides) -> SwinTransformer3d:
-        return SwinTransformer3d(replace(cfg, **overrides))
-
-    register_arch(Arch(name, "swin3d", build, input_spec, convert_swin3d, description, test_only))
-
+_register = register_family("swin3d", SwinTransformer3d, convert_swin3d)
 
 # Kinetics-400 training of the Video Swin release: 32 frames, stride 2, 224² crops; ImageNet mean/std.
 _KINETICS_INPUT = InputSpec(num_frames=32, image_size=224, frame_stride=2)

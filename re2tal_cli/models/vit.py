@@ -19,7 +19,8 @@ from torch import nn
 from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.models.layers import DropPath, drop_path_rates
-from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, register_arch, register_config_reader
+from re2tal_cli.models.layouts import Rule, rename_keys
+from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, list_archs, register_config_reader, register_family
 from re2tal_cli.reversible.stage import ResidualStage
 
 __all__ = ["ViTConfig", "VideoViT"]
@@ -154,28 +155,32 @@ class VideoViT(VideoBackbone):
 
 # --- checkpoint layouts -----------------------------------------------------------------------------------------
 
-_HF_LAYER = {
-    "layernorm_before": "attn.norm",
-    "attention.attention.query": "attn.q",
-    "attention.attention.key": "attn.k",
-    "attention.attention.value": "attn.v",
-    "attention.output.dense": "attn.proj",
-    "layernorm_after": "mlp.norm",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-}
-_HF_TOP = {
-    "embeddings.patch_embeddings.projection": "patch_embed",
-    "layernorm": "norm",
-    "fc_norm": "fc_norm",
-    "classifier": "head",
-}
-_OFFICIAL_LAYER = {"norm1": "attn.norm", "norm2": "mlp.norm"}  # attn.proj, mlp.fc1, mlp.fc2 keep their names
-_OFFICIAL_TOP = {"patch_embed.proj": "patch_embed", "norm": "norm", "fc_norm": "fc_norm", "head": "head"}
+_LAYER = r"(?:videomae\.)?encoder\.layer\.(\d+)"
+HF_RULES: list[Rule] = [  # transformers' VideoMAEModel / …ForVideoClassification / …ForPreTraining
+    (_LAYER + r"\.layernorm_before\.(\w+)", r"blocks.\1.attn.norm.\2"),
+    (_LAYER + r"\.attention\.attention\.(query|key|value)\.(\w+)", lambda m: f"blocks.{m[1]}.attn.{m[2][0]}.{m[3]}"),
+    (_LAYER + r"\.attention\.attention\.([qv])_bias", r"blocks.\1.attn.\2.bias"),  # transformers < 5
+    (_LAYER + r"\.attention\.output\.dense\.(\w+)", r"blocks.\1.attn.proj.\2"),
+    (_LAYER + r"\.layernorm_after\.(\w+)", r"blocks.\1.mlp.norm.\2"),
+    (_LAYER + r"\.intermediate\.dense\.(\w+)", r"blocks.\1.mlp.fc1.\2"),
+    (_LAYER + r"\.output\.dense\.(\w+)", r"blocks.\1.mlp.fc2.\2"),
+    (r"(?:videomae\.)?embeddings\.patch_embeddings\.projection\.(\w+)", r"patch_embed.\1"),
+    (r"(?:videomae\.)?layernorm\.(\w+)", r"norm.\1"),
+    (r"(?:videomae\.)?fc_norm\.(\w+)", r"fc_norm.\1"),
+    (r"classifier\.(\w+)", r"head.\1"),
+]
+OFFICIAL_RULES: list[Rule] = [  # the VideoMAE release (after the fused qkv is split)
+    (r"(?:encoder\.)?blocks\.(\d+)\.norm1\.(\w+)", r"blocks.\1.attn.norm.\2"),
+    (r"(?:encoder\.)?blocks\.(\d+)\.attn\.([qv])_bias", r"blocks.\1.attn.\2.bias"),
+    (r"(?:encoder\.)?blocks\.(\d+)\.norm2\.(\w+)", r"blocks.\1.mlp.norm.\2"),
+    (r"(?:encoder\.)?blocks\.(\d+)\.(attn\.[qkv]|attn\.proj|mlp\.fc1|mlp\.fc2)\.(\w+)", r"blocks.\1.\2.\3"),
+    (r"(?:encoder\.)?patch_embed\.proj\.(\w+)", r"patch_embed.\1"),
+    (r"(?:encoder\.)?(norm|fc_norm|head)\.(\w+)", r"\1.\2"),
+]
 _PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "decoder_pos_embed")
 
 
-def convert_videomae(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
+def convert_videomae(sd: Mapping[str, torch.Tensor], arch: Arch | None = None) -> ConvertedCheckpoint:
     """Map a VideoMAE checkpoint (Hugging Face or original release) or our own layout to our keys; values untouched
     except the original release's fused qkv, which is split into q, k, v rows."""
     if any(re.fullmatch(r"blocks\.\d+\.attn\.k\.weight", k) for k in sd):  # ours: k separate, no other layout has it
@@ -183,10 +188,22 @@ def convert_videomae(sd: Mapping[str, torch.Tensor]) -> ConvertedCheckpoint:
     dropped = tuple(k for k in sd if k.startswith(_PRETRAINING_ONLY))
     kept = {k: v for k, v in sd.items() if k not in dropped}
     if any(k.startswith(("encoder.layer.", "videomae.", "embeddings.")) for k in kept):
-        return _with_build(_convert_hf(kept), "videomae-hf", dropped)
+        return _with_build(rename_keys(kept, HF_RULES), "videomae-hf", dropped)
     if any(k.startswith(("blocks.", "encoder.blocks.")) for k in kept):
-        return _with_build(_convert_official(kept), "videomae-official", dropped)
+        return _with_build(rename_keys(_split_qkv(kept), OFFICIAL_RULES), "videomae-official", dropped)
     return ConvertedCheckpoint(dict(sd), "unknown")  # the strict key check names what does not fit
+
+
+def _split_qkv(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The release's fused `attn.qkv.weight` (3·dim rows) → q, k, v weights (its biases are q_bias, v_bias)."""
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(".attn.qkv.weight"):
+            for name, rows in zip("qkv", value.chunk(3, dim=0), strict=True):
+                out[key.replace(".qkv.", f".{name}.")] = rows
+        else:
+            out[key] = value
+    return out
 
 
 def _with_build(sd: dict[str, torch.Tensor], fmt: str, dropped: tuple[str, ...] = ()) -> ConvertedCheckpoint:
@@ -207,65 +224,22 @@ def from_transformers_config(config: dict, path) -> tuple[str, dict]:
         "patch_size": config.get("patch_size", 16),
         "tubelet": config.get("tubelet_size", 2),
     }
-    for name, cfg in _CONFIGS.items():
-        if all(getattr(cfg, k) == v for k, v in sizes.items()):
+    for arch in list_archs():
+        if arch.family == "vit" and all(getattr(arch.config, k) == v for k, v in sizes.items()):
             implied = {
                 "mean_pooling": bool(config.get("use_mean_pooling", True)),
                 "qv_bias": bool(config.get("qkv_bias", True)),
                 "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
             }
-            return name, implied
+            return arch.name, implied
     described = ", ".join(f"{k} {v}" for k, v in sizes.items())
     raise BadCheckpointError(f"{path}: describes a VideoMAE ({described}) that no registered vit architecture has")
 
 
-def _convert_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        key = key.removeprefix("videomae.")
-        if m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", key):
-            i, module, kind = m.groups()
-            out[f"blocks.{i}.{_HF_LAYER.get(module, module)}.{kind}"] = value
-        elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.attention\.attention\.([qv])_bias", key):
-            out[f"blocks.{m[1]}.attn.{m[2]}.bias"] = value  # transformers < 5 kept q/v biases as parameters
-        elif m := re.fullmatch(r"(.+)\.(weight|bias)", key):
-            out[f"{_HF_TOP.get(m[1], m[1])}.{m[2]}"] = value
-        else:
-            out[key] = value
-    return out
+# --- architectures ----------------------------------------------------------------------------------------------
 
-
-def _convert_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        key = key.removeprefix("encoder.")
-        if m := re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.weight", key):
-            for name, rows in zip("qkv", value.chunk(3, dim=0), strict=True):
-                out[f"blocks.{m[1]}.attn.{name}.weight"] = rows
-        elif m := re.fullmatch(r"blocks\.(\d+)\.attn\.([qv])_bias", key):
-            out[f"blocks.{m[1]}.attn.{m[2]}.bias"] = value
-        elif m := re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key):
-            out[f"blocks.{m[1]}.{_OFFICIAL_LAYER.get(m[2], m[2])}.{m[3]}"] = value
-        elif m := re.fullmatch(r"(.+)\.(weight|bias)", key):
-            out[f"{_OFFICIAL_TOP.get(m[1], m[1])}.{m[2]}"] = value
-        else:
-            out[key] = value
-    return out
-
-
-_CONFIGS: dict[str, ViTConfig] = {}
-
-
-def _register(name: str, cfg: ViTConfig, input_spec: InputSpec, description: str, test_only: bool = False) -> None:
-    def build(**overrides) -> VideoViT:
-        return VideoViT(replace(cfg, **overrides))
-
-    _CONFIGS[name] = cfg
-    register_arch(Arch(name, "vit", build, input_spec, convert_videomae, description, test_only))
-
-
+_register = register_family("vit", VideoViT, convert_videomae)
 register_config_reader("videomae", from_transformers_config)
-
 
 _VIDEOMAE_INPUT = InputSpec(num_frames=16, image_size=224, frame_stride=4)
 _register("vit-s", ViTConfig(dim=384, depth=12, heads=6, mlp_dim=1536), _VIDEOMAE_INPUT, "VideoMAE ViT-S/16, 16×224²")
