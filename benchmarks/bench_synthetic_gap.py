@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from re2tal_cli.data.datasets import class_names, load_annotations  # noqa: E402
 from re2tal_cli.data.synth import SynthConfig, generate  # noqa: E402
-from re2tal_cli.data.video import open_video  # noqa: E402
 from re2tal_cli.evaluate import evaluate  # noqa: E402
 from re2tal_cli.localizers.actionformer import ActionFormer  # noqa: E402
 from re2tal_cli.localizers.config import ActionFormerConfig  # noqa: E402
@@ -53,26 +52,6 @@ LOCALIZER = ActionFormerConfig(
 )
 
 
-class DecodedVideo:
-    """A video decoded once and kept in memory. Reading a 256-frame window of a 64² H.264 file costs ~0.4 s on one
-    core, 5× a training step's compute; the default set decoded is ~270 MB, so both arms train at compute speed."""
-
-    def __init__(self, path: Path, fps: float):
-        source = open_video(path, fps)
-        self.frames = source.read(range(source.num_frames))
-        self.times, self.fps, self.num_frames = source.times, source.fps, source.num_frames
-
-    def read(self, indices):
-        return self.frames[indices]
-
-
-def preload(dataset) -> None:
-    """Put every video of `dataset` (a TALDataset) in its per-process source cache, decoded."""
-    for entry in dataset.entries:
-        path = dataset.media[entry.id]
-        dataset._sources._cache[str(path)] = DecodedVideo(path, entry.fps)
-
-
 def run_arm(arch: str, data: Path, train: TALTrainConfig, out: Path) -> dict:
     torch.manual_seed(train.seed)
     spec = get_arch(arch)
@@ -81,7 +60,6 @@ def run_arm(arch: str, data: Path, train: TALTrainConfig, out: Path) -> dict:
     localizer = ActionFormer(backbone.out_channels, len(classes), LOCALIZER)
     model = TALModel(backbone, localizer, spec.input, train.freeze_backbone)
     dataset = training_set(data, model, train)
-    preload(dataset)
     start = time.perf_counter()
     history = []
     for stats in train_tal(model, dataset, train):
@@ -132,6 +110,7 @@ def main() -> int:
                 backbone_lr=args.lr,
                 freeze_backbone=freeze,
                 seed=args.seed,
+                in_memory=True,  # decoded once: both arms train at compute speed (a window's decode is ~5× a step)
             )
             arms[name] = run_arm(args.arch, data, config, Path(tmp) / name)
 

@@ -123,10 +123,6 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     raise BadCheckpointError(f"{path}: holds no tensors (expected a state dict)")
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
-
-
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

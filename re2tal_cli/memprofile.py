@@ -46,7 +46,7 @@ def memprofile(
     CUDA. `largest` ("frames" or "batch", needs a GPU): the largest value that fits. `progress(done, total, what)`
     is told as estimates and measurements complete. The report's keys: config, gpu, wirings (or the sweep's)."""
     from re2tal_cli.memory import gpus
-    from re2tal_cli.memory.heads import HeadName
+    from re2tal_cli.memory.head_loss import HeadName
     from re2tal_cli.memory.step import WIRINGS, StepConfig, WiringName
     from re2tal_cli.memory.sweep import SweepAxis
     from re2tal_cli.models import get_arch

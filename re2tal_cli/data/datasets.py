@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from re2tal_cli.data.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, FrameFolder, VideoFile, open_video
+from re2tal_cli.data.video import (
+    FRAME_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    DecodedVideo,
+    FrameFolder,
+    VideoFile,
+    open_video,
+)
 from re2tal_cli.errors import BadDataError
 from re2tal_cli.fileio import write_json_atomic
 
@@ -167,15 +174,17 @@ def _rng(seed: int, epoch: int, item: int) -> tuple[np.random.Generator, Any]:
 
 
 class _Sources:
-    """Per-process cache of opened videos (indexing a file demuxes it once; workers each keep their own)."""
+    """Per-process cache of opened videos (indexing a file demuxes it once; workers each keep their own); with
+    `in_memory`, of decoded videos (`DecodedVideo`)."""
 
-    def __init__(self):
-        self._cache: dict[str, VideoFile | FrameFolder] = {}
+    def __init__(self, in_memory: bool = False):
+        self.in_memory = in_memory
+        self._cache: dict[str, VideoFile | FrameFolder | DecodedVideo] = {}
 
-    def get(self, path: Path, fps: float | None = None) -> VideoFile | FrameFolder:
+    def get(self, path: Path, fps: float | None = None) -> VideoFile | FrameFolder | DecodedVideo:
         key = str(path)
         if key not in self._cache:
-            self._cache[key] = open_video(path, fps)
+            self._cache[key] = open_video(path, fps, self.in_memory)
         return self._cache[key]
 
 
@@ -184,7 +193,9 @@ class TALDataset:
 
     sampling="uniform": `num_frames` frames evenly over the whole video (ActivityNet style);
     sampling="window": `num_frames` consecutive frames every `stride` frames (THUMOS style); with windows="random"
-    one window per video at a random start (training), with windows="all" every window covering the video.
+    one window per video at a random start (training), with windows="all" every window covering the video;
+    `windows_per_video` random windows of each video per epoch, each its own draw. `in_memory`: videos decoded once
+    per process and kept (`DecodedVideo`), for small sets trained over many epochs.
 
     An item is a dict: video (3, T, size, size) float (normalised with mean/std), times (T,) seconds of the frames
     actually read, segments (K, 2) seconds and labels (K,) int64 of the actions overlapping the clip (clipped to it),
@@ -208,6 +219,7 @@ class TALDataset:
         classes: Sequence[str] | None = None,
         seed: int = 0,
         windows_per_video: int = 1,
+        in_memory: bool = False,
     ):
         from re2tal_cli.data.sampling import window_starts
 
@@ -239,7 +251,7 @@ class TALDataset:
         self.num_frames, self.sampling, self.stride, self.windows = num_frames, sampling, stride, windows
         self.size, self.augment, self.mean, self.std, self.seed = size, augment, tuple(mean), tuple(std), seed
         self.epoch = 0
-        self._sources = _Sources()
+        self._sources = _Sources(in_memory)
         self.items: list[tuple[int, int | None]] = []
         for k, e in enumerate(self.entries):
             if sampling == "window" and windows == "all":

@@ -38,6 +38,7 @@ __all__ = [
     "VideoIndex",
     "VideoFile",
     "FrameFolder",
+    "DecodedVideo",
     "open_video",
     "probe",
     "decode_all",
@@ -464,9 +465,31 @@ class FrameFolder:
             yield i, self._load(i)
 
 
-def open_video(path: str | os.PathLike, fps: float | None = None) -> VideoFile | FrameFolder:
-    """A video file or a frame folder behind one interface (`num_frames`, `times`, `fps`, `read`, `iter_frames`)."""
-    return FrameFolder(path, fps) if Path(path).is_dir() else VideoFile(path)
+class DecodedVideo:
+    """A source decoded once and kept in memory as uint8 RGB (T × H × W × 3 bytes): for small sets trained over many
+    epochs, where decoding a window costs more than the training step on it (64² synthetic video on CPU: ~5×)."""
+
+    def __init__(self, source: VideoFile | FrameFolder):
+        self.path, self.fps, self.times, self.size = source.path, source.fps, source.times, source.size
+        self.frames = source.read(range(source.num_frames))
+        self.duration = source.duration
+
+    num_frames = property(lambda self: len(self.frames))
+
+    def read(self, indices: Sequence[int] | np.ndarray, strategy: str = "auto") -> np.ndarray:
+        return self.frames[np.asarray(indices, dtype=np.int64).reshape(-1)]
+
+    def iter_frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        return enumerate(self.frames)
+
+
+def open_video(
+    path: str | os.PathLike, fps: float | None = None, in_memory: bool = False
+) -> VideoFile | FrameFolder | DecodedVideo:
+    """A video file or a frame folder behind one interface (`num_frames`, `times`, `fps`, `read`, `iter_frames`);
+    with `in_memory`, decoded once and served from memory."""
+    source = FrameFolder(path, fps) if Path(path).is_dir() else VideoFile(path)
+    return DecodedVideo(source) if in_memory else source
 
 
 ProgressCallback = Callable[[int], None]

@@ -1,7 +1,7 @@
 """ActionFormer (Zhang, Wu, Li, ECCV 2022): the single-stage localizer Re²TAL trains end to end.
 
     feats (B, C, T), mask (B, T)
-      → ConvTransformerBackbone: a pyramid of L levels (B, D, T / 2^l)          backbone.py, blocks.py
+      → ConvTransformerEncoder: a pyramid of L levels (B, D, T / 2^l)           encoder.py, blocks.py
       → IdentityNeck: LayerNorm per level                                          neck.py
       → ClassificationHead (B, T_l, K) logits, RegressionHead (B, T_l, 2) offsets  heads.py
     loss:    points' targets (assignment.py) → focal + DIoU / EMA of positives     losses.py
@@ -29,8 +29,8 @@ from torch import nn
 
 from re2tal_cli.errors import BadInputError, UnknownNameError
 from re2tal_cli.localizers.assignment import assign_targets, make_points
-from re2tal_cli.localizers.backbone import ConvTransformerBackbone
 from re2tal_cli.localizers.config import ActionFormerConfig
+from re2tal_cli.localizers.encoder import ConvTransformerEncoder
 from re2tal_cli.localizers.heads import ClassificationHead, RegressionHead
 from re2tal_cli.localizers.losses import detection_losses
 from re2tal_cli.localizers.neck import IdentityNeck
@@ -62,7 +62,7 @@ class ActionFormer(nn.Module):
         self.config = config
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.backbone = ConvTransformerBackbone(in_channels, config)
+        self.encoder = ConvTransformerEncoder(in_channels, config)
         self.neck = IdentityNeck(config.num_levels, config.embed_dim, config.neck_layer_norm)
         head_shape = dict(
             kernel_size=config.head_kernel_size, num_layers=config.head_num_layers, layer_norm=config.head_layer_norm
@@ -78,7 +78,7 @@ class ActionFormer(nn.Module):
         """feats (B, C, T) float, mask (B, T) bool (True = valid step; padding anywhere is ignored, usually at the
         end). T must be a multiple of `config.downsample_factor` (2^(levels-1)): pad with `pad_features`."""
         self._check_input(feats, mask)
-        level_feats, level_masks = self.backbone(feats, mask)
+        level_feats, level_masks = self.encoder(feats, mask)
         level_feats = self.neck(level_feats)
         points = make_points([m.shape[1] for m in level_masks], self.config.regression_ranges, feats.device)
         return LocalizerOutput(

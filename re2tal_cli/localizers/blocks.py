@@ -1,4 +1,5 @@
-"""Layers of the ActionFormer backbone, on sequences laid out (B, C, T) with a validity mask (B, T) (True = valid).
+"""Layers of the ActionFormer encoder (the release's backbone), on sequences (B, C, T) with a validity mask (B, T)
+(True = valid).
 
 Masking rule kept by every layer here: a padded step (mask False) is never *read* — each convolution zeroes its
 input's padded steps first, attention never attends to them, the max-pool skip ignores them — and every block's

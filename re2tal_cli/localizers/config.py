@@ -20,8 +20,8 @@ THUMOS_REGRESSION_RANGES = ((0.0, 4.0), (4.0, 8.0), (8.0, 16.0), (16.0, 32.0), (
 
 @dataclass(frozen=True)
 class ActionFormerConfig:
-    # --- backbone: projection convs → stem blocks → branch blocks (the release's backbone_arch = (2, 2, 5))
-    embed_dim: int = 512  # channels of the backbone and the neck (the release's embd_dim = fpn_dim)
+    # --- encoder: projection convs → stem blocks → branch blocks (the release's backbone_arch = (2, 2, 5))
+    embed_dim: int = 512  # channels of the encoder and the neck (the release's embd_dim = fpn_dim)
     embed_kernel_size: int = 3  # kernel of the projection convs (odd)
     embed_layer_norm: bool = True  # LayerNorm after each projection conv (its bias then dropped)
     num_embed_convs: int = 2  # projection convs, each conv → LayerNorm → ReLU

@@ -1,6 +1,6 @@
 """The neck ActionFormer's published configs use: the identity FPN, a LayerNorm per pyramid level, no top-down path.
 
-(The release also has a top-down FPN; none of its configs use it for the transformer backbone.)
+(The release also has a top-down FPN; none of its configs use it for the transformer encoder.)
 """
 
 from __future__ import annotations

@@ -30,9 +30,22 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from re2tal_cli.memory import tracker as t
 from re2tal_cli.memory.parallel import default_workers, run_forked
 from re2tal_cli.memory.step import StepConfig, TrainingSetup, build_model, check_input_shape, setup, train_step
+from re2tal_cli.memory.tracker import (
+    ACTIVATIONS,
+    BACKWARD_TEMPORARIES,
+    BUFFERS,
+    GRADIENTS,
+    INPUT,
+    OPTIMIZER_STATE,
+    OPTIMIZER_TEMPORARIES,
+    PARAMETERS,
+    PERSISTENT,
+    Snapshot,
+    StorageTracker,
+    cpu_kernel_workspace,
+)
 from re2tal_cli.models import swin_attention
 from re2tal_cli.reversible.guard import GuardStats
 
@@ -43,7 +56,7 @@ class PhasePeak:
     components: dict[str, int]
 
     @classmethod
-    def of(cls, snap: t.Snapshot) -> PhasePeak:
+    def of(cls, snap: Snapshot) -> PhasePeak:
         return cls(snap.total, snap.by_category())
 
 
@@ -179,7 +192,7 @@ class _WarmStart:
 
     modules: dict[str, nn.Module]
     optimizer: torch.optim.Optimizer
-    tracker: t.StorageTracker
+    tracker: StorageTracker
 
 
 def _warm_start(config: StepConfig, owners: dict[str, nn.Module], block: int | None) -> _WarmStart:
@@ -190,14 +203,14 @@ def _warm_start(config: StepConfig, owners: dict[str, nn.Module], block: int | N
     for module in owners.values():
         module.to_empty(device="cpu")
     optimizer = setup(config, owners["backbone"], owners.get("head")).optimizer
-    tracker = t.StorageTracker(block, t.cpu_kernel_workspace if config.device == "cpu" else None)
+    tracker = StorageTracker(block, cpu_kernel_workspace if config.device == "cpu" else None)
     owner_of = {}  # id of a parameter → backbone / head
     for owner, module in owners.items():
         for p in module.parameters():
             owner_of[id(p)] = owner
-            tracker.track(p, t.PARAMETERS, owner)
+            tracker.track(p, PARAMETERS, owner)
         for b in module.buffers():
-            tracker.track(b, t.BUFFERS, owner)
+            tracker.track(b, BUFFERS, owner)
     with tracker:
         for p in optimizer.param_groups[0]["params"]:
             p.grad = torch.zeros_like(p)
@@ -206,9 +219,9 @@ def _warm_start(config: StepConfig, owners: dict[str, nn.Module], block: int | N
     for p, state in optimizer.state.items():
         for value in state.values():
             if isinstance(value, torch.Tensor):
-                tracker.track(value, t.OPTIMIZER_STATE, owner_of[id(p)])
-    for category in (t.ACTIVATIONS, t.BACKWARD_TEMPORARIES, t.OPTIMIZER_TEMPORARIES, t.PERSISTENT):
-        tracker.retag(category, t.PERSISTENT)
+                tracker.track(value, OPTIMIZER_STATE, owner_of[id(p)])
+    for category in (ACTIVATIONS, BACKWARD_TEMPORARIES, OPTIMIZER_TEMPORARIES, PERSISTENT):
+        tracker.retag(category, PERSISTENT)
     return _WarmStart(owners, optimizer, tracker)
 
 
@@ -220,7 +233,7 @@ def _share_tensors(module: nn.Module, source: nn.Module) -> None:
             setattr(m, name, tensor)
 
 
-def _run_step(config: StepConfig, owners: dict[str, nn.Module], warm: _WarmStart) -> t.StorageTracker:
+def _run_step(config: StepConfig, owners: dict[str, nn.Module], warm: _WarmStart) -> StorageTracker:
     """The steady-state step of `config` on `owners` (holding the warm start's tensors), tracked from that state."""
     s = TrainingSetup(config, owners["backbone"], owners.get("head"), warm.optimizer)
     tracker = warm.tracker.copy()
@@ -274,7 +287,7 @@ def _estimate_step(
 
 
 def _report(
-    config: StepConfig, tracker: t.StorageTracker, owners: dict[str, nn.Module], seconds: float, operators: int
+    config: StepConfig, tracker: StorageTracker, owners: dict[str, nn.Module], seconds: float, operators: int
 ) -> Estimate:
     fwd_end = tracker.at_phase_start["backward"]  # live at the end of the forward: what backward will read
     bwd_end = tracker.at_phase_start["optimizer"]
@@ -286,17 +299,17 @@ def _report(
         config=config,
         block=tracker.block,
         parameter_count={k: sum(p.numel() for p in m.parameters()) for k, m in owners.items()},
-        parameters={k: fwd_end.get(t.PARAMETERS, k) for k in names},
-        buffers=fwd_end.get(t.BUFFERS),
-        gradients={k: bwd_end.get(t.GRADIENTS, k) for k in names},
-        optimizer_state=fwd_end.get(t.OPTIMIZER_STATE),
-        persistent=fwd_end.get(t.PERSISTENT),
-        input=fwd_end.get(t.INPUT),
-        activations={k: fwd_end.get(t.ACTIVATIONS, k) for k in names},
+        parameters={k: fwd_end.get(PARAMETERS, k) for k in names},
+        buffers=fwd_end.get(BUFFERS),
+        gradients={k: bwd_end.get(GRADIENTS, k) for k in names},
+        optimizer_state=fwd_end.get(OPTIMIZER_STATE),
+        persistent=fwd_end.get(PERSISTENT),
+        input=fwd_end.get(INPUT),
+        activations={k: fwd_end.get(ACTIVATIONS, k) for k in names},
         stage_activations=[
-            fwd_end.get(t.ACTIVATIONS, f"backbone/stage{i}") for i in range(len(owners["backbone"].residual_stages()))
+            fwd_end.get(ACTIVATIONS, f"backbone/stage{i}") for i in range(len(owners["backbone"].residual_stages()))
         ],
-        backward_working_set=bwd_peak.get(t.BACKWARD_TEMPORARIES),
+        backward_working_set=bwd_peak.get(BACKWARD_TEMPORARIES),
         phases=phases,
         peak=phases[peak_phase],
         peak_phase=peak_phase,
@@ -305,15 +318,15 @@ def _report(
     )
 
 
-def _grad_hook(tracker: t.StorageTracker, owner: str):
+def _grad_hook(tracker: StorageTracker, owner: str):
     def hook(p: torch.Tensor) -> None:
         if p.grad is not None:
-            tracker.track(p.grad, t.GRADIENTS, owner)
+            tracker.track(p.grad, GRADIENTS, owner)
 
     return hook
 
 
-def _stage_scope_hooks(tracker: t.StorageTracker, stage: nn.Module, name: str):
+def _stage_scope_hooks(tracker: StorageTracker, stage: nn.Module, name: str):
     """Activations made inside a residual stage's forward are owned by `backbone/stageN`."""
     contexts = []
 

@@ -1,6 +1,6 @@
 """The training step that `memprofile` estimates and measures: one function for both, so they cannot drift apart.
 
-    build: arch with a wiring (+ the localizer head `config.head`, memory/heads.py) → optimizer
+    build: arch with a wiring (+ the localizer head `config.head`, memory/head_loss.py) → optimizer
     step:  zero_grad(set_to_none) → input (B, 3, T, S, S) on the device → [autocast] backbone.temporal_features →
            head → loss → backward → optimizer.step
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from re2tal_cli.errors import BadInputError
-from re2tal_cli.memory.heads import HeadName, create_head
+from re2tal_cli.memory.head_loss import HeadName, create_head
 from re2tal_cli.models import VideoBackbone, get_arch
 from re2tal_cli.reversible.wiring import WiringName
 

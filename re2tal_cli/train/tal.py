@@ -52,6 +52,7 @@ class TALTrainConfig:
     freeze_backbone: bool = False  # True: the localizer learns on frozen backbone features
     seed: int = 0
     workers: int = 0  # DataLoader worker processes
+    in_memory: bool = False  # keep decoded videos in memory (small sets, many epochs)
 
     def __post_init__(self):
         for name in ("num_frames", "frame_stride", "size", "windows_per_video", "batch_size", "epochs"):
@@ -174,6 +175,7 @@ def training_set(root: str | Path, model: TALModel, config: TALTrainConfig, subs
         std=spec.std,
         seed=config.seed,
         windows_per_video=config.windows_per_video,
+        in_memory=config.in_memory,
     )
 
 

@@ -221,7 +221,7 @@ def test_cuda_matches_cpu(tiny):
 
 
 def test_absolute_position_embedding():
-    from re2tal_cli.localizers.backbone import sinusoidal_embedding
+    from re2tal_cli.localizers.encoder import sinusoidal_embedding
 
     table = sinusoidal_embedding(5, 4)
     t = torch.arange(5.0)

@@ -6,15 +6,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from re2tal_cli.memory.heads import ActionFormerLoss
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from re2tal_cli.errors import BadInputError
-from re2tal_cli.memory import tracker as t
 from re2tal_cli.memory.estimate import estimate, estimate_all
-from re2tal_cli.memory.heads import ActionFormerLoss
 from re2tal_cli.memory.measure import measure
 from re2tal_cli.memory.step import StepConfig
-from re2tal_cli.memory.tracker import StorageTracker
+from re2tal_cli.memory.tracker import OPTIMIZER_STATE, PARAMETERS, StorageTracker
 from re2tal_cli.models import get_arch, swin_attention
 
 
@@ -146,8 +145,8 @@ def test_a_tracker_copy_starts_from_the_live_storages_and_follows_them():
     with FakeTensorMode():
         tracker = StorageTracker(block=512)
         weights, moments = torch.empty(100), torch.empty(1000)
-        tracker.track(weights, t.PARAMETERS, "backbone")
-        tracker.track(moments, t.OPTIMIZER_STATE, "backbone")
+        tracker.track(weights, PARAMETERS, "backbone")
+        tracker.track(moments, OPTIMIZER_STATE, "backbone")
         copy = tracker.copy()
         assert copy.snapshot() == tracker.snapshot() and copy.total == 512 + 4096
         del moments

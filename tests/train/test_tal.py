@@ -11,7 +11,6 @@ from re2tal_cli.data.synth import SynthConfig, generate
 from re2tal_cli.errors import BadInputError
 from re2tal_cli.evaluate import evaluate
 from re2tal_cli.localizers.actionformer import ActionFormer
-from re2tal_cli.localizers.config import ActionFormerConfig
 from re2tal_cli.models.registry import get_arch
 from re2tal_cli.train.tal import (
     TALModel,
@@ -24,16 +23,11 @@ from re2tal_cli.train.tal import (
     train_tal,
     training_set,
 )
+from tests.localizers.helpers import tiny_config
 
-SMALL_LOCALIZER = ActionFormerConfig(
-    embed_dim=16,
-    head_dim=16,
-    num_heads=2,
-    window_size=5,
-    num_stem_blocks=1,
-    num_branch_blocks=2,
-    regression_ranges=((0, 4), (4, 8), (8, 1e4)),
-    max_seq_len=64,
+# the tiny localizer with the release's dropout, path drop and two embedding convs
+SMALL_LOCALIZER = tiny_config(
+    num_embed_convs=2, dropout=0.1, path_drop=0.1, regression_ranges=((0, 4), (4, 8), (8, 1e4))
 )
 
 

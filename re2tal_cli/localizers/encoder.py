@@ -1,4 +1,5 @@
-"""ActionFormer's backbone: projection convs, stem transformer blocks, then branch blocks that each halve T.
+"""ActionFormer's encoder (the release's "backbone", renamed so it is not confused with the video backbone):
+projection convs, stem transformer blocks, then branch blocks that each halve T.
 
 feats (B, C_in, T) ─ conv → LN → ReLU (× num_embed_convs) ─ stem blocks (stride 1) ─► level 0 (B, D, T)
                     ─ branch block 1 (stride 2) ─► level 1 (B, D, T/2) ─ … ─► level L-1 (B, D, T/2^(L-1))
@@ -15,7 +16,7 @@ from torch import nn
 from re2tal_cli.localizers.blocks import ChannelLayerNorm, MaskedConv1d, TransformerBlock, masked
 from re2tal_cli.localizers.config import ActionFormerConfig
 
-__all__ = ["ConvTransformerBackbone", "sinusoidal_embedding"]
+__all__ = ["ConvTransformerEncoder", "sinusoidal_embedding"]
 
 
 def sinusoidal_embedding(length: int, dim: int) -> torch.Tensor:
@@ -27,7 +28,7 @@ def sinusoidal_embedding(length: int, dim: int) -> torch.Tensor:
     return table.float()
 
 
-class ConvTransformerBackbone(nn.Module):
+class ConvTransformerEncoder(nn.Module):
     """(B, C_in, T), mask (B, T) → a feature pyramid: num_levels maps (B, embed_dim, T / 2^l) and their masks."""
 
     def __init__(self, in_channels: int, config: ActionFormerConfig):
