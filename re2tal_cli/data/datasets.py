@@ -1,6 +1,6 @@
 """Dataset formats: the TAL dataset directory, clip classification datasets, and DataLoader helpers.
 
-TAL dataset directory (the contract in DESIGN.md):
+TAL dataset directory (the contract every command relies on, docs/data.md):
 
     DIR/annotations.json   {"database": {vid: {"subset", "duration", "fps"?,
                                                 "annotations": [{"segment": [s, e], "label"}]}}}
