@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from re2tal_cli.memory.heads import ActionFormerLoss
+from re2tal_cli.memory.head_loss import ActionFormerLoss
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from re2tal_cli.errors import BadInputError
