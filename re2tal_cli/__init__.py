@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -41,17 +40,6 @@ _API = {
 }
 
 __all__ = ["__version__", *_API]
-
-if TYPE_CHECKING:
-    from re2tal_cli.checkpoint import load_backbone, save_backbone
-    from re2tal_cli.evaluate import evaluate
-    from re2tal_cli.extract import ExtractSettings, extract_features
-    from re2tal_cli.localizers import ActionFormer, ActionFormerConfig
-    from re2tal_cli.memprofile import memprofile
-    from re2tal_cli.models import create_model, get_arch, list_archs
-    from re2tal_cli.reversible import Coupling
-    from re2tal_cli.reversible.wiring import Wiring, WiringName
-    from re2tal_cli.rewire import rewire
 
 
 def __getattr__(name: str):

@@ -7,6 +7,7 @@ later command rebuilds the model from the files alone.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Mapping
@@ -113,12 +114,16 @@ def _likely_arch_hint(state_dict: Mapping[str, torch.Tensor], tried: str) -> str
     return f"; it looks like `arch` {' or '.join(likely)}" if likely else ""
 
 
-def load_backbone(src: str | Path, arch: str | None = None, **overrides) -> LoadedBackbone:
+def load_backbone(
+    src: str | Path, arch: str | None = None, where_defined: dict | None = None, **overrides
+) -> LoadedBackbone:
     """Load any backbone checkpoint: re2tal's (wiring from its config.json) or a foreign layout.
 
     The architecture is `arch` if given, else the one a config.json beside the weights names (re2tal's, or
     transformers' for VideoMAE: sizes and `use_mean_pooling`), else the only one whose keys and shapes the
-    checkpoint fits; when several fit, the error lists them. `LoadedBackbone.arch_from` says which."""
+    checkpoint fits; when several fit, the error lists them. `LoadedBackbone.arch_from` says which. `overrides`
+    replace fields of the architecture's config; `where_defined` too, for the fields the architecture has (a
+    training recipe's `frozen_bn` means nothing to a network without BatchNorm)."""
     path = hub.resolve(src)
     config = _read_config(path.parent / CONFIG_FILE)
     state_dict = hub.read_state_dict(path)
@@ -131,7 +136,10 @@ def load_backbone(src: str | Path, arch: str | None = None, **overrides) -> Load
     else:
         arch, arch_from, implied = _arch_of(src, path, state_dict)
         overrides = {**implied, **overrides}
-    model, converted = build_from_state_dict(get_arch(arch), state_dict, str(src), **overrides)
+    spec = get_arch(arch)
+    fields = {f.name for f in dataclasses.fields(spec.config)}
+    overrides = {**{k: v for k, v in (where_defined or {}).items() if k in fields}, **overrides}
+    model, converted = build_from_state_dict(spec, state_dict, str(src), **overrides)
     wiring = Wiring.from_json(config["wiring"]) if config else Wiring()
     wiring.apply(model)
     source = config["source"]["uri"] if config else str(src)

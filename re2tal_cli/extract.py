@@ -8,11 +8,11 @@ Two input arrangements (Re²TAL Fig. 4):
   windows of `window` frames, whose temporal outputs are concatenated: one feature per `temporal_stride` input frames.
 
 Each output `FEATS/<vid>.safetensors` holds `feats` (C, N) float32 and `times` (N,) — the centre, in seconds, of the
-frames behind each feature — with string metadata: mode, stride and window (source frames per step and per
-feature), fps, arch, source checkpoint, and the extraction settings. `FEATS/index.json` lists every video's file
-and the failures. Outputs are written to a temp file and renamed, so an existing file is complete: a rerun skips it
-(when its settings match) and extracts only what is missing. A missing or undecodable video is recorded and skipped;
-it never stops the run.
+span of frames behind each feature (a frame at τ lasts [τ, τ + 1/fps)) — with string metadata: mode, stride and
+window (source frames per step and per feature), fps, arch, source checkpoint, and the extraction settings.
+`FEATS/index.json` lists every video's file and the failures. Outputs are written to a temp file and renamed, so an
+existing file is complete: a rerun skips it (when its settings match) and extracts only what is missing. A missing
+or undecodable video is recorded and skipped; it never stops the run.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from re2tal_cli.fileio import atomic_path, check_creatable, write_json_atomic
 __all__ = ["ExtractSettings", "ExtractResult", "extract_features", "read_features"]
 
 INDEX = "index.json"
+FORMAT = "re2tal-features/2"  # /2: `times` are span centres (/1 had the mean of the frames' start times)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def check_settings(settings: ExtractSettings) -> None:
             raise BadInputError(f"`{name}` must be a positive integer, got {value!r}")
 
 
-def _resolve(settings: ExtractSettings, model, spec) -> dict[str, Any]:
+def resolve_settings(settings: ExtractSettings, model, spec) -> dict[str, Any]:
     """Fill defaults from the backbone's input spec and check them against the model's constraints."""
     size = settings.size or spec.image_size
     clip = settings.clip or spec.num_frames
@@ -156,7 +157,9 @@ def _frames_stream(source, needed: np.ndarray, preprocess: Callable) -> Iterator
             yield i, preprocess(frame)
 
 
-def _extract_one(source, model, resolved: dict[str, Any], settings: ExtractSettings, spec, on_frames) -> dict:
+def features_of_video(source, model, resolved: dict[str, Any], settings: ExtractSettings, spec, on_frames=None) -> dict:
+    """One video's features as `resolved` (`resolve_settings`) arranges its frames: {"feats" (C, N), "times" (N,)
+    centres in seconds, "stride" and "window" (source frames per step and per feature), "frames" decoded}."""
     import torch
 
     from re2tal_cli.data.transforms import eval_transform, normalize
@@ -192,6 +195,7 @@ def _extract_one(source, model, resolved: dict[str, Any], settings: ExtractSetti
     next_clip = 0
     seen = 0
     last_needed = [int(np.max(c)) for c in clips]
+    on_frames = on_frames or (lambda count: None)
     for i, frame in _frames_stream(source, needed, preprocess):
         buffer[i] = frame
         seen += 1
@@ -217,8 +221,13 @@ def _extract_one(source, model, resolved: dict[str, Any], settings: ExtractSetti
         feats = torch.cat([o.mean(dim=-1) for o in outputs]).T  # (C, N)
     else:
         feats = torch.cat([o[0] for o in outputs], dim=-1)  # (C, N)
+    # a frame at time τ lasts [τ, τ + 1/fps): a feature is centred halfway from its first frame's start to its last
+    # frame's end (ActionFormer's convention: a clip's feature sits at its middle)
     times = np.asarray(source.times)
-    centres = np.array([times[np.asarray(g)].mean() for g in groups[: feats.shape[1]]], dtype=np.float32)
+    ends = 1.0 / source.fps
+    centres = np.array(
+        [(times[int(np.min(g))] + times[int(np.max(g))] + ends) / 2 for g in groups[: feats.shape[1]]], dtype=np.float32
+    )
     if len(centres) != feats.shape[1]:
         raise AssertionError(f"{len(centres)} feature times for {feats.shape[1]} features")
     if resolved["mode"] == "snippet":
@@ -289,9 +298,14 @@ def extract_features(
     loaded = load_backbone(checkpoint, arch)
     model = loaded.model.eval().to(settings.device)
     spec = loaded.input
-    resolved = _resolve(settings, model, spec)
+    resolved = resolve_settings(settings, model, spec)
     # what must match for an existing output to be reused
-    tag = {"settings": json.dumps(resolved, sort_keys=True), "arch": loaded.arch, "source": str(checkpoint)}
+    tag = {
+        "settings": json.dumps(resolved, sort_keys=True),
+        "arch": loaded.arch,
+        "source": str(checkpoint),
+        "format": FORMAT,
+    }
     out.mkdir(parents=True, exist_ok=True)
     notify = progress or (lambda event: None)
     notify({"event": "start", "videos": len(videos), "arch": loaded.arch, "arch_from": loaded.arch_from})
@@ -314,7 +328,9 @@ def extract_features(
             if media is None:
                 raise BadDataError(f"{vid}: no video file in videos/ or frames/")
             source = open_video(media, fps)
-            r = _extract_one(source, model, resolved, settings, spec, lambda k: notify({"event": "frames", "count": k}))
+            r = features_of_video(
+                source, model, resolved, settings, spec, lambda k: notify({"event": "frames", "count": k})
+            )
         except BadDataError as error:
             result.failed[vid] = str(error)
             notify({"event": "video", "id": vid, "status": "failed", "error": str(error)})
@@ -326,7 +342,6 @@ def extract_features(
             "fps": f"{source.fps:.6g}",
             "num_video_frames": str(source.num_frames),
             "duration": f"{source.duration:.6g}",
-            "format": "re2tal-features/1",
         }
         _save_atomic(target, {"feats": r["feats"], "times": r["times"]}, metadata)
         result.written.append(vid)
@@ -337,9 +352,10 @@ def extract_features(
     write_json_atomic(
         out / INDEX,
         {
-            "format": "re2tal-features/1",
+            "format": FORMAT,
             "arch": loaded.arch,
             "source": str(checkpoint),
+            "checkpoint": str(checkpoint) if str(checkpoint).startswith("hf://") else str(Path(checkpoint).resolve()),
             "settings": result.settings,
             "channels": int(model.out_channels),
             "videos": index_videos,

@@ -14,7 +14,7 @@ class ProgressBar:
     def __init__(self, label: str, quiet: bool = False, transient: bool = True):
         self.label, self.quiet, self.transient = label, quiet, transient
         self._progress = None
-        self._task = None
+        self._tasks: dict[str, int] = {}
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -26,11 +26,17 @@ class ProgressBar:
         return False
 
     def __call__(self, done: int, total: int | None, info: str = "") -> None:
+        self.update(self.label, done, total, info)
+
+    def update(self, task: str, done: int, total: int | None, info: str = "") -> None:
+        """Progress of one of several tasks (a bar each, in the order first seen: epochs, steps, evaluation)."""
         if self.quiet:
             return
         if self._progress is None:
             self._start()
-        self._progress.update(self._task, completed=done, total=total, info=info)
+        if task not in self._tasks:
+            self._tasks[task] = self._progress.add_task(task, total=total, info="")
+        self._progress.update(self._tasks[task], completed=done, total=total, info=info)
 
     def log(self, message: str) -> None:
         if self._progress is not None:
@@ -42,16 +48,23 @@ class ProgressBar:
 
     def _start(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
-            TextColumn(self.label, markup=False),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             TextColumn("{task.fields[info]}", markup=False),
             console=Console(stderr=True),
             transient=self.transient,
         )
         self._progress.__enter__()
-        self._task = self._progress.add_task(self.label, total=None, info="")

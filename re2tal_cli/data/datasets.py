@@ -220,6 +220,7 @@ class TALDataset:
         seed: int = 0,
         windows_per_video: int = 1,
         in_memory: bool = False,
+        entries: Sequence[VideoEntry] | None = None,
     ):
         from re2tal_cli.data.sampling import window_starts
 
@@ -230,12 +231,14 @@ class TALDataset:
         if windows_per_video < 1 or (windows_per_video > 1 and (sampling, windows) != ("window", "random")):
             raise ValueError("windows_per_video > 1 needs sampling='window' with windows='random'")
         self.root = Path(root)
-        entries = load_annotations(self.root)
-        self.classes = list(classes) if classes is not None else class_names(entries)
-        self.entries = [e for e in entries.values() if subset is None or e.subset == subset]
-        if not self.entries:
-            known = sorted({e.subset for e in entries.values()})
-            raise BadDataError(f"{self.root}: no videos in subset {subset!r} (subsets: {', '.join(known)})")
+        if entries is None:  # else: the caller's entries (relabelled, say), read from this directory's annotations
+            everything = load_annotations(self.root)
+            entries = [e for e in everything.values() if subset is None or e.subset == subset]
+            if not entries:
+                known = sorted({e.subset for e in everything.values()})
+                raise BadDataError(f"{self.root}: no videos in subset {subset!r} (subsets: {', '.join(known)})")
+        self.entries = list(entries)
+        self.classes = list(classes) if classes is not None else class_names({e.id: e for e in self.entries})
         self.media = {}
         missing = []
         for e in self.entries:

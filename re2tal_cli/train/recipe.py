@@ -1,0 +1,385 @@
+"""Recipes: YAML read into typed configs, strictly.
+
+A recipe is a YAML mapping whose sections are the dataclasses below, one comment per field. Reading it checks every
+key and type: an unknown key is an error naming it and the closest valid ones, a wrong type names the key and the
+type it needs, and `--set a.b=c` overrides go through the same validation (the value is read as YAML). The resolved
+recipe — every field, defaults included — is what a run writes to RUN/config.yaml and what resume and `detect` read
+back, so a run never depends on the recipe file it started from.
+
+    recipe = load_recipe("synthetic", sets=["train.epochs=3", "model.actionformer.embed_dim=32"])
+    recipe.train.epochs, to_mapping(recipe)
+
+Named recipes are the files of the top-level `recipes/` folder (`re2tal train-tal --recipe synthetic`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from re2tal_cli.errors import BadInputError, BadRecipeError
+from re2tal_cli.localizers.config import ActionFormerConfig
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+class Mode(enum.StrEnum):
+    END_TO_END = "end_to_end"  # backbone and localizer trained together on frames (Re²TAL Fig. 4b)
+    FROZEN = "frozen"  # the localizer on the frozen backbone's features, computed on the fly from the same frames
+    FEATURES = "features"  # the localizer on features extracted beforehand (`re2tal extract`)
+
+
+class Sampling(enum.StrEnum):
+    WINDOW = "window"  # num_frames consecutive frames (every frame_stride-th) from a random start (THUMOS)
+    UNIFORM = "uniform"  # num_frames evenly over the whole video (ActivityNet: the "resize" setting)
+
+
+class Amp(enum.StrEnum):
+    NONE = "none"
+    BF16 = "bf16"
+    FP16 = "fp16"  # CUDA only, with a gradient scaler
+
+
+class Optimizer(enum.StrEnum):
+    ADAMW = "adamw"
+    SGD = "sgd"  # with momentum 0.9
+
+
+class Fusion(enum.StrEnum):
+    SQRT = "sqrt"  # ActionFormer: score = sqrt(class score × proposal score)
+    PRODUCT = "product"  # OpenTAD: score = class score × proposal score
+
+
+class Protocol(enum.StrEnum):
+    THUMOS = "thumos"  # tIoU 0.3:0.1:0.7, Ambiguous segments excused
+    ANET = "anet"  # tIoU 0.5:0.05:0.95
+
+
+class WiringChoice(enum.StrEnum):
+    PLAIN = "plain"
+    CHECKPOINT = "checkpoint"
+    REVERSIBLE = "reversible"
+
+
+@dataclass
+class Source:
+    """What the run trains on; set by the command line, recorded so resume and detect rebuild the run."""
+
+    mode: Mode = Mode.END_TO_END
+    data: str | None = None  # the dataset directory
+    backbone: str | None = None  # the backbone checkpoint (end_to_end, frozen)
+    arch: str | None = None  # its architecture
+    features: str | None = None  # the features directory (features)
+
+
+@dataclass
+class Augment:
+    """Training augmentations of frames (Re²TAL supplementary Table 6), each off at 0; test frames are resized and
+    centre-cropped."""
+
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # random crop: area fraction range of the short-side-resized frame
+    flip: float = 0.0  # probability of a horizontal flip
+    rotation: float = 0.0  # max |degrees| of a random rotation
+    brightness: float = 0.0  # colour jitter strengths: factor in [1-b, 1+b]
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0  # max |turns|
+    temporal_jitter: float = 0.0  # frame indices jittered by up to this fraction of their spacing
+
+
+@dataclass
+class Data:
+    """Which videos, and how frames (end_to_end, frozen) or features (features) become localizer inputs."""
+
+    train_subset: str = "train"  # subset of annotations.json trained on
+    val_subset: str = "test"  # subset evaluated (THUMOS-14's protocol evaluates on its test videos)
+    sampling: Sampling = Sampling.WINDOW
+    num_frames: int = 256  # frames per training window (window) or per video (uniform)
+    frame_stride: int = 1  # window: take every frame_stride-th frame
+    windows_per_video: int = 1  # window: random windows of each training video per epoch
+    size: int = 224  # frames are resized (short side) and cropped to size × size
+    augment: Augment = field(default_factory=Augment)
+    class_agnostic: bool = False  # one "action" class (ActivityNet): labels come from eval.ext_scores
+    in_memory: bool = False  # keep decoded videos in memory (small sets trained for many epochs)
+    workers: int = 0  # DataLoader worker processes
+    trunc_thresh: float = 0.5  # features: a random crop keeps a segment with at least this fraction inside it
+    crop_ratio: tuple[float, float] | None = (0.9, 1.0)  # features: crop length as a fraction of the sequence
+    resample_to: int | None = None  # features: every video's sequence resampled to this length (ActivityNet: 192)
+
+
+@dataclass
+class Backbone:
+    """The video backbone in end_to_end and frozen runs."""
+
+    wiring: WiringChoice | None = None  # None: as the checkpoint is wired (reversible after `re2tal rewire`)
+    drop_path: float | None = None  # stochastic depth; None: the architecture's default
+    frozen_bn: bool = True  # BatchNorm layers keep their statistics (mmaction's norm_eval)
+    lr: float = 1e-5  # learning rate (end_to_end)
+    weight_decay: float = 0.05
+    feature_length: int | None = None  # features per window resampled to this length (OpenTAD: 512, ANet 192)
+
+
+@dataclass
+class Model:
+    """The localizer on the feature sequence."""
+
+    localizer: str = "actionformer"
+    actionformer: ActionFormerConfig = field(default_factory=ActionFormerConfig)
+
+
+@dataclass
+class Train:
+    epochs: int = 30  # epochs run
+    warmup_epochs: float = 5.0  # linear warm-up, per iteration
+    cosine_epochs: float | None = None  # horizon of the cosine decay after warm-up; None: epochs (decays to 0)
+    batch_size: int = 2  # videos per step (per process)
+    accumulate: int = 1  # steps whose gradients are summed before an optimizer update
+    optimizer: Optimizer = Optimizer.ADAMW
+    lr: float = 1e-4  # localizer learning rate
+    weight_decay: float = 0.05  # on weights of rank ≥ 2 only (not norms, biases, scales)
+    clip_grad: float = 1.0  # max global gradient norm; 0: none
+    ema_decay: float = 0.0  # EMA of the weights, updated every optimizer step, used for evaluation; 0: off
+    amp: Amp = Amp.NONE
+
+
+@dataclass
+class Eval:
+    every: int = 1  # evaluate every k epochs (and after the last)
+    start_epoch: int = 1  # first epoch evaluated
+    protocol: Protocol = Protocol.THUMOS
+    ext_scores: str | None = None  # ActivityNet: JSON of video-level class scores fused with 1-class detections
+    ext_topk: int = 2  # classes taken from the external scores per video
+    fusion: Fusion = Fusion.SQRT
+
+
+@dataclass
+class Recipe:
+    """A train-tal run's whole configuration."""
+
+    source: Source = field(default_factory=Source)
+    seed: int = 0
+    data: Data = field(default_factory=Data)
+    backbone: Backbone = field(default_factory=Backbone)
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+    eval: Eval = field(default_factory=Eval)
+
+    def check(self) -> None:
+        """Values that the types allow but the run does not."""
+        positive = {
+            "data.num_frames": self.data.num_frames,
+            "data.frame_stride": self.data.frame_stride,
+            "data.windows_per_video": self.data.windows_per_video,
+            "data.size": self.data.size,
+            "train.epochs": self.train.epochs,
+            "train.batch_size": self.train.batch_size,
+            "train.accumulate": self.train.accumulate,
+            "eval.every": self.eval.every,
+            "eval.ext_topk": self.eval.ext_topk,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise BadRecipeError(f"recipe key {key} must be at least 1, got {value}")
+        for key, value in {"backbone.feature_length": self.backbone.feature_length,
+                           "data.resample_to": self.data.resample_to}.items():  # fmt: skip
+            if value is not None and value < 1:
+                raise BadRecipeError(f"recipe key {key} must be at least 1, got {value}")
+        for key, value in {"train.lr": self.train.lr, "backbone.lr": self.backbone.lr}.items():
+            if not value > 0:
+                raise BadRecipeError(f"recipe key {key} must be positive, got {value}")
+        nonneg = {"train.warmup_epochs": self.train.warmup_epochs, "train.clip_grad": self.train.clip_grad,
+                  "train.weight_decay": self.train.weight_decay, "backbone.weight_decay": self.backbone.weight_decay,
+                  "data.workers": self.data.workers}  # fmt: skip
+        for key, value in nonneg.items():
+            if value < 0:
+                raise BadRecipeError(f"recipe key {key} must be ≥ 0, got {value}")
+        if not 0 <= self.train.ema_decay < 1:
+            raise BadRecipeError(f"recipe key train.ema_decay must be in [0, 1), got {self.train.ema_decay}")
+        if self.backbone.drop_path is not None and not 0 <= self.backbone.drop_path < 1:
+            raise BadRecipeError(f"recipe key backbone.drop_path must be in [0, 1), got {self.backbone.drop_path}")
+        if not 0 <= self.data.trunc_thresh <= 1:
+            raise BadRecipeError(f"recipe key data.trunc_thresh must be in [0, 1], got {self.data.trunc_thresh}")
+        if self.data.crop_ratio is not None and not 0 < self.data.crop_ratio[0] <= self.data.crop_ratio[1] <= 1:
+            raise BadRecipeError(f"recipe key data.crop_ratio must be 0 < low ≤ high ≤ 1, got {self.data.crop_ratio}")
+        if self.model.localizer != "actionformer":
+            raise BadRecipeError(f"recipe key model.localizer: unknown localizer {self.model.localizer!r}; known: "
+                                 "actionformer")  # fmt: skip
+        cosine = self.train.cosine_epochs
+        if cosine is not None and cosine < self.train.epochs:
+            raise BadRecipeError(f"recipe key train.cosine_epochs ({cosine}) must be at least train.epochs")
+
+
+# --- reading and writing ---------------------------------------------------------------------------------------
+
+
+def load_recipe(recipe: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """A named recipe (recipes/NAME.yaml) or a YAML file, with `KEY=VALUE` overrides, validated."""
+    return recipe_from_mapping(apply_sets(read_yaml(recipe_path(recipe)), sets), where=str(recipe))
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise BadRecipeError(f"{path}: no such recipe file")
+        return path
+    named = RECIPES / f"{recipe}.yaml"
+    if not named.is_file():
+        known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+        close = difflib.get_close_matches(str(recipe), known, n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known)}"
+        raise BadRecipeError(f"unknown recipe {str(recipe)!r} (neither a .yaml file nor in {RECIPES}); {hint}")
+    return named
+
+
+def read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise BadRecipeError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadRecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> dict:
+    """`a.b.c=value` (value read as YAML: 1e-4, true, [1, 2], null) put into a copy of `data`."""
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(data)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise BadRecipeError(f"`set` {item!r}: expected KEY=VALUE, e.g. train.epochs=10")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise BadRecipeError(f"`set` {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def recipe_from_mapping(data: dict, where: str = "recipe") -> Recipe:
+    recipe = _build(Recipe, data, "")
+    try:
+        recipe.check()
+    except BadRecipeError as error:
+        raise BadRecipeError(f"{where}: {error}") from None
+    return recipe
+
+
+def to_mapping(value: Any) -> Any:
+    """A config as plain YAML-able data: dataclasses → dicts (every field), enums → their values, tuples → lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_mapping(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [to_mapping(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return value
+
+
+def dump_yaml(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_mapping(recipe), sort_keys=False, allow_unicode=True)
+
+
+def _build(cls: type, data: Any, prefix: str):
+    """An instance of dataclass `cls` from a mapping, every key and type checked."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BadRecipeError(f"recipe key {prefix or 'top level'} must be a section (a mapping), got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
+            hint = (
+                f"did you mean {', '.join(prefix + c for c in close)}?"
+                if close
+                else (f"valid keys: {', '.join(prefix + f for f in fields)}")
+            )
+            raise BadRecipeError(f"unknown recipe key {prefix}{key}; {hint}")
+    values = {name: _value(hints[name], data[name], prefix + name) for name in fields if name in data}
+    try:
+        return cls(**values)
+    except BadInputError as error:  # a config's own checks (ActionFormerConfig): say which section
+        raise BadRecipeError(f"recipe section {prefix.rstrip('.') or 'top level'}: {error}") from None
+
+
+def _value(hint: Any, value: Any, key: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _value(option, value, key)
+            except BadRecipeError as error:
+                errors.append(error)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise BadRecipeError(
+                f"recipe key {key} must be one of {', '.join(m.value for m in hint)}, got {value!r}"
+            ) from None
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise BadRecipeError(f"recipe key {key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_value(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise BadRecipeError(f"recipe key {key} must be a list of {len(args)}, got {value!r}")
+        return tuple(_value(a, v, key) for a, v in zip(args, value, strict=True))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise BadRecipeError(f"recipe key {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRecipeError(f"recipe key {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 (PyYAML) reads 1e-4 as text; anything else that is not a number fails
+            try:
+                value = float(value)
+            except ValueError:
+                raise BadRecipeError(f"recipe key {key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise BadRecipeError(f"recipe key {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise BadRecipeError(f"recipe key {key} must be text, got {value!r}")
+        return value
+    raise TypeError(f"recipe key {key}: unsupported field type {hint!r}")  # a schema bug, not the user's

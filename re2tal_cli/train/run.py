@@ -1,0 +1,145 @@
+"""A training run's directory: what it holds, written so that a killed run can always be resumed.
+
+    RUN/config.yaml            the resolved recipe (every field), source included
+    RUN/metrics.jsonl          one JSON object per optimizer step ("kind": "step"), epoch and evaluation
+    RUN/checkpoints/last/      after every epoch: model.safetensors, ema.safetensors (with EMA), state.pt, meta.json
+    RUN/checkpoints/best/      the same, for the best validation average mAP so far
+    RUN/predictions.json       the last evaluation's detections (ActivityNet results format)
+    RUN/summary.json           final and best mAPs, written when the run ends
+    RUN/tb/                    the scalars again, for TensorBoard, when it is installed
+
+A checkpoint directory is written under a temporary name and renamed, so `last/` is always complete. `state.pt`
+holds what resume needs besides the weights — optimizer, gradient scaler, the torch generators, epoch and step —
+and is read back with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from re2tal_cli.errors import BadInputError, OutputExistsError
+from re2tal_cli.fileio import atomic_dir, atomic_path, check_creatable, write_json_atomic
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+PREDICTIONS = "predictions.json"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint directory holds, read back."""
+
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    state: dict[str, Any]  # optimizer, scaler, rng, epoch, step, best
+    meta: dict[str, Any]
+
+
+class RunDir:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / CONFIG)
+    metrics = property(lambda self: self.root / METRICS)
+    predictions = property(lambda self: self.root / PREDICTIONS)
+    summary = property(lambda self: self.root / SUMMARY)
+    checkpoints = property(lambda self: self.root / "checkpoints")
+
+    def prepare(self, resume: bool, force: bool) -> None:
+        """Refuse an existing run unless resumed or replaced; a resumed run must have a complete checkpoint."""
+        check_creatable(self.root, directory=True)
+        exists = self.root.is_dir() and any(self.root.iterdir())
+        if resume:
+            if not (self.checkpoints / "last" / "meta.json").is_file() or not self.config.is_file():
+                raise BadInputError(f"{self.root}: no complete checkpoint to resume from (checkpoints/last/)")
+            return
+        if exists and not force:
+            raise OutputExistsError(
+                f"{self.root}: a run is there; pass `resume` to continue it or `force` to replace it"
+            )
+        if exists:
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, text: str) -> None:
+        with atomic_path(self.config) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, step: int, epoch: int) -> None:
+        """On resume: drop what the interrupted epoch logged after the checkpoint (its steps, a partial evaluation)."""
+        if not self.metrics.is_file():
+            return
+        kept = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                continue
+            if record.get("step", 0) <= step and record.get("epoch", 0) <= epoch:
+                kept.append(line)
+        with atomic_path(self.metrics) as tmp:
+            tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def save_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_dir(self.checkpoints / name) as tmp:
+            save_file(_contiguous(checkpoint.model), tmp / "model.safetensors")
+            if checkpoint.ema is not None:
+                save_file(_contiguous(checkpoint.ema), tmp / "ema.safetensors")
+            torch.save(checkpoint.state, tmp / "state.pt")
+            write_json_atomic(tmp / "meta.json", checkpoint.meta)
+
+    def load_checkpoint(self, name: str = "last", weights_only: bool = False) -> Checkpoint:
+        """A checkpoint directory; `weights_only`: the model and EMA weights and meta.json (detect, evaluation)."""
+        from safetensors.torch import load_file
+
+        folder = self.checkpoints / name
+        if not (folder / "meta.json").is_file():
+            raise BadInputError(f"{folder}: no checkpoint (a run writes one after its first epoch)")
+        ema = folder / "ema.safetensors"
+        state = {} if weights_only else torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        return Checkpoint(
+            model=load_file(folder / "model.safetensors"),
+            ema=load_file(ema) if ema.is_file() else None,
+            state=state,
+            meta=json.loads((folder / "meta.json").read_text(encoding="utf-8")),
+        )
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.summary, summary, indent=2)
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch generators (CPU and every CUDA device): dropout and drop-path draw from them."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

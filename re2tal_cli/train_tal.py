@@ -1,0 +1,571 @@
+"""`train-tal`: temporal action localization trained on a dataset directory, end to end on frames (Re²TAL), on a
+frozen backbone's features computed on the fly, or on extracted features (the classic two-step pipeline).
+
+    from re2tal_cli.train_tal import train_tal
+    summary = train_tal("data/synth", "runs/tal", backbone="runs/rw", recipe="synthetic")
+
+Everything the run needs is checked before it starts (recipe, dataset, subsets, labels, every video or features file,
+the external scores); the run directory (`train/run.py`) then holds the resolved config, the metrics of every step,
+a complete checkpoint after every epoch (`resume=True` continues from it: the same result, bit for bit on CPU, as a
+run never interrupted), the predictions of the last evaluation and the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from re2tal_cli.errors import BadDataError, BadInputError, BadRecipeError, NumericalError
+from re2tal_cli.text import plural
+from re2tal_cli.train.recipe import Amp, Mode, Recipe, Sampling
+from re2tal_cli.train.run import Checkpoint, RunDir
+
+# (task, done, total, info): task is "epoch", "step" or "eval"
+Progress = Callable[[str, int, int | None, str], None]
+
+
+def train_tal(
+    data: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    backbone: str | None = None,
+    arch: str | None = None,
+    frozen: bool = False,
+    features: str | os.PathLike | None = None,
+    recipe: str | os.PathLike | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    epochs: int | None = None,
+    seed: int | None = None,
+    amp: str | None = None,
+    device: str = "cpu",
+    resume: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate; returns the summary (also RUN/summary.json). `recipe`: a name in recipes/ or a YAML
+    file; `sets`: KEY=VALUE overrides; `epochs`, `seed`, `amp`: shortcuts for train.epochs, seed, train.amp. With
+    `resume`, the run continues from RUN/checkpoints/last with RUN/config.yaml, and takes no recipe options."""
+    run = RunDir(out)
+    if resume:
+        if recipe is not None or sets or epochs is not None or seed is not None or amp is not None:
+            raise BadInputError(
+                "a resumed run keeps its config.yaml: give no `recipe`, `sets`, `epochs`, `seed` or `amp`"
+            )
+        if backbone is not None or features is not None or frozen:
+            raise BadInputError(
+                "a resumed run keeps its source (config.yaml): give no `backbone`, `features`, `frozen`"
+            )
+        run.prepare(resume=True, force=False)
+        cfg = _resumed_recipe(run)
+    else:
+        cfg = _new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp)
+    device = _device(device, cfg)
+    torch.manual_seed(cfg.seed)  # the localizer's initialisation (a resumed run loads its weights instead)
+    job = _Job.build(cfg, device)  # every input checked: nothing is written before this returns
+    if not resume:
+        run.prepare(resume=False, force=force)
+        from re2tal_cli.train.recipe import dump_yaml
+
+        run.write_config(dump_yaml(cfg))
+    return job.fit(run, resume, progress or (lambda task, done, total, info: None))
+
+
+def _new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp) -> Recipe:
+    from re2tal_cli.train.recipe import load_recipe
+
+    if (backbone is None) == (features is None):
+        raise BadInputError("give one of `backbone` (frames: end to end, or with `frozen`) and `features`")
+    if frozen and backbone is None:
+        raise BadInputError("`frozen` trains on a backbone's features computed on the fly: give `backbone`")
+    if arch is not None and backbone is None:
+        raise BadInputError("`arch` names the architecture of `backbone`: give `backbone`")
+    if data is None:
+        raise BadInputError("give the dataset directory (`data`)")
+    shortcuts = [f"train.epochs={epochs}"] if epochs is not None else []
+    shortcuts += [f"seed={seed}"] if seed is not None else []
+    shortcuts += [f"train.amp={amp}"] if amp is not None else []
+    cfg = load_recipe(recipe or "synthetic", [*sets, *shortcuts])
+    mode = Mode.FEATURES if features is not None else Mode.FROZEN if frozen else Mode.END_TO_END
+    cfg.source = replace(cfg.source, mode=mode, data=_absolute(data), backbone=_absolute(backbone), arch=arch,
+                         features=_absolute(features))  # fmt: skip
+    return cfg
+
+
+def _absolute(path) -> str | None:
+    """Paths as absolute ones in config.yaml, so a run resumes and detects from any directory (hf:// stays)."""
+    if path is None or str(path).startswith("hf://"):
+        return None if path is None else str(path)
+    return str(Path(path).resolve())
+
+
+def _resumed_recipe(run: RunDir) -> Recipe:
+    from re2tal_cli.train.recipe import read_yaml, recipe_from_mapping
+
+    return recipe_from_mapping(read_yaml(run.config), where=str(run.config))
+
+
+def _device(device: str, cfg: Recipe) -> torch.device:
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise BadInputError(f"`device` {device!r} is not a device (cpu, cuda, cuda:1, …)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"`device` {device}: CUDA is not available here; use cpu")
+    if cfg.train.amp is Amp.FP16 and parsed.type != "cuda":
+        raise BadRecipeError("train.amp fp16 needs CUDA; on CPU use bf16")
+    return parsed
+
+
+@dataclass
+class _Job:
+    """A configured run: the model, its data, and the pieces of the loop, all checked."""
+
+    cfg: Recipe
+    device: torch.device
+    model: Any  # TALModel
+    classes: list[str]  # label names of the localizer's classes (one "action" class when class-agnostic)
+    class_names: list[str]  # names the predictions use (the external scores' classes when fused)
+    train_set: Any
+    val_entries: list
+    val_features: Any  # FeatureDataset of the validation subset (features mode)
+    ext_scores: dict[str, list[float]] | None
+
+    @classmethod
+    def build(cls, cfg: Recipe, device: torch.device) -> _Job:
+        from re2tal_cli.data.datasets import class_names
+        from re2tal_cli.train.data import subset_entries
+
+        root = cfg.source.data
+        if root is None or not Path(root).is_dir():
+            raise BadDataError(f"{root}: no such dataset directory")
+        train_entries = subset_entries(root, cfg.data.train_subset)
+        val_entries = subset_entries(root, cfg.data.val_subset)
+        names = class_names({e.id: e for e in train_entries + val_entries})
+        classes = ["action"] if cfg.data.class_agnostic else names
+        _check_labels(root, val_entries, names)
+        ext_scores, class_names_out = None, classes
+        if cfg.eval.ext_scores is not None:
+            ext_scores, class_names_out = _read_external_scores(cfg.eval.ext_scores, val_entries, names)
+        elif cfg.data.class_agnostic:
+            raise BadRecipeError(
+                "data.class_agnostic detections need labels: set eval.ext_scores (an external classifier)"
+            )
+        if cfg.data.class_agnostic:
+            train_entries = [_agnostic(e) for e in train_entries]
+        if cfg.source.mode is Mode.FEATURES:
+            model, train_set, val_features = _features_setup(cfg, train_entries, val_entries, classes)
+        else:
+            model, train_set = _frames_setup(cfg, root, train_entries, val_entries, classes)
+            val_features = None
+        return cls(cfg, device, model, classes, class_names_out, train_set, val_entries, val_features, ext_scores)
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    def fit(self, run: RunDir, resume: bool, progress: Progress) -> dict[str, Any]:
+        from re2tal_cli.data.datasets import make_loader
+        from re2tal_cli.train.data import collate_features
+        from re2tal_cli.train.optim import WeightsEMA, lr_factor, param_groups
+        from re2tal_cli.train.run import rng_state, set_rng_state
+
+        cfg, model, device = self.cfg, self.model, self.device
+        model.to(device)
+        parts = [(model.localizer, cfg.train.lr, cfg.train.weight_decay)]
+        if model.backbone is not None and not model.frozen:
+            parts.append((model.backbone, cfg.backbone.lr, cfg.backbone.weight_decay))
+        groups = param_groups(parts)
+        if cfg.train.optimizer.value == "adamw":
+            optimizer = torch.optim.AdamW(groups)
+        else:
+            optimizer = torch.optim.SGD(groups, momentum=0.9)
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is Amp.FP16)
+        ema = WeightsEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        collate = None
+        if model.backbone is None:
+            multiple, max_len = model.localizer.config.downsample_factor, model.localizer.config.max_seq_len
+
+            def collate(batch):
+                return collate_features(batch, multiple, max_len)
+
+        loader = make_loader(self.train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
+                             seed=cfg.seed, collate_fn=collate)  # fmt: skip
+        updates_per_epoch = math.ceil(len(loader) / cfg.train.accumulate)
+        warmup = round(cfg.train.warmup_epochs * updates_per_epoch)
+        horizon = round((cfg.train.cosine_epochs or cfg.train.epochs) * updates_per_epoch)
+        first_epoch, step, best = 1, 0, None
+        if resume:
+            checkpoint = run.load_checkpoint("last")
+            model.load_state_dict(checkpoint.model)
+            if ema is not None and checkpoint.ema is not None:
+                ema.state = checkpoint.ema
+            optimizer.load_state_dict(checkpoint.state["optimizer"])
+            scaler.load_state_dict(checkpoint.state["scaler"])
+            set_rng_state(checkpoint.state["rng"])
+            first_epoch, step, best = checkpoint.meta["epoch"] + 1, checkpoint.meta["step"], checkpoint.meta["best"]
+            run.truncate_metrics(step, checkpoint.meta["epoch"])
+        writer = _tensorboard(run)
+        autocast = _autocast(device, cfg.train.amp)
+        start = time.perf_counter()
+        last_eval = None
+        for epoch in range(first_epoch, cfg.train.epochs + 1):
+            progress("epoch", epoch - 1, cfg.train.epochs, "")
+            loader.sampler.set_epoch(epoch - 1)
+            model.train()
+            stages = model.backbone.residual_stages() if model.backbone is not None else []
+            for stage in stages:
+                stage.guard.reset()
+            sums, seen, epoch_start = {"loss": 0.0, "cls_loss": 0.0, "reg_loss": 0.0}, 0, time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            tick = time.perf_counter()
+            for micro, batch in enumerate(loader):
+                values = self._micro_step(batch, autocast, scaler, cfg.train.accumulate, run, epoch, step)
+                for k in sums:
+                    sums[k] += values[k]
+                seen += 1
+                if (micro + 1) % cfg.train.accumulate and micro + 1 < len(loader):
+                    continue
+                scale = lr_factor(step, warmup, horizon)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * scale
+                grad_norm = self._update(optimizer, scaler, run, epoch, step + 1)
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                now = time.perf_counter()
+                record = {
+                    "kind": "step", "epoch": epoch, "step": step, **values, "lr": optimizer.param_groups[0]["lr"],
+                    "backbone_lr": cfg.backbone.lr * scale if len(parts) > 1 else None, "grad_norm": grad_norm,
+                    "steps_per_s": 1.0 / max(now - tick, 1e-9),
+                    "videos_per_s": cfg.train.batch_size * cfg.train.accumulate / max(now - tick, 1e-9),
+                    "peak_memory_bytes": _peak_memory(device),
+                }  # fmt: skip
+                tick = now
+                run.log(record)
+                _scalars(writer, record, step)
+                progress("step", step - (epoch - 1) * updates_per_epoch, updates_per_epoch,
+                         f"loss {values['loss']:.3f}  lr {record['lr']:.2e}")  # fmt: skip
+            guard = _guard_stats(stages)
+            epoch_record = {
+                "kind": "epoch", "epoch": epoch, "step": step, **{k: v / max(seen, 1) for k, v in sums.items()},
+                "seconds": time.perf_counter() - epoch_start, "guard": guard,
+            }  # fmt: skip
+            run.log(epoch_record)
+            if epoch >= cfg.eval.start_epoch and (epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs):
+                last_eval = self.evaluate(run, ema, epoch, step, progress)
+                _scalars(writer, {"average_mAP": last_eval["average_mAP"]}, step)
+            state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
+            is_best = (
+                last_eval is not None
+                and last_eval["epoch"] == epoch
+                and (best is None or last_eval["average_mAP"] > best["average_mAP"])
+            )
+            if is_best:
+                best = {k: last_eval[k] for k in ("epoch", "step", "average_mAP", "mAP")}
+            meta = {"epoch": epoch, "step": step, "best": best, "mode": cfg.source.mode.value}
+            checkpoint = Checkpoint(model.state_dict(), None if ema is None else ema.state, state, meta)
+            run.save_checkpoint("last", checkpoint)
+            if is_best:
+                run.save_checkpoint("best", checkpoint)
+        progress("epoch", cfg.train.epochs, cfg.train.epochs, "")
+        if writer is not None:
+            writer.close()
+        return self._summary(run, best, time.perf_counter() - start)
+
+    def _micro_step(self, batch, autocast, scaler, accumulate: int, run: RunDir, epoch: int, step: int) -> dict:
+        from re2tal_cli.train.tal import losses
+
+        result = losses(self.model, batch, self.device, autocast)
+        loss = result["loss"]
+        if not torch.isfinite(loss):
+            raise NumericalError(
+                f"epoch {epoch}, step {step + 1}: the loss is {loss.item()}; training stopped, {_last_good(run)}"
+            )
+        scaler.scale(loss / accumulate).backward()
+        return {k: result[k].item() for k in ("loss", "cls_loss", "reg_loss")}
+
+    def _update(self, optimizer, scaler, run: RunDir, epoch: int, step: int) -> float:
+        """Unscale, clip, step; the gradient norm before clipping. A non-finite norm without a gradient scaler (whose
+        job it is to skip such steps in fp16) stops the run."""
+        scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        max_norm = self.cfg.train.clip_grad or math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(norm) and not scaler.is_enabled():
+            raise NumericalError(f"epoch {epoch}, step {step}: the gradient norm is {norm}; training stopped, "
+                                 f"{_last_good(run)}")  # fmt: skip
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    # --- evaluation ---------------------------------------------------------------------------------------
+
+    def evaluate(self, run: RunDir, ema, epoch: int, step: int, progress: Progress) -> dict[str, Any]:
+        """Detections of every validation video (with the EMA weights when on) → RUN/predictions.json → mAP by the
+        code of `re2tal evaluate`; logged."""
+        from re2tal_cli.evaluate import evaluate
+        from re2tal_cli.fileio import write_json_atomic
+
+        model = self.model
+        results = {}
+        with ema.applied(model) if ema is not None else contextlib.nullcontext():
+            model.eval()
+            for k, entry in enumerate(self.val_entries):
+                results[entry.id] = self.detect(entry)
+                progress("eval", k + 1, len(self.val_entries), entry.id)
+        model.train()
+        write_json_atomic(run.predictions, {"version": "re2tal", "results": results}, indent=None)
+        result = evaluate(self.cfg.source.data, run.predictions, protocol=self.cfg.eval.protocol.value,
+                          subset=self.cfg.data.val_subset)  # fmt: skip
+        record = {
+            "kind": "eval", "epoch": epoch, "step": step, "average_mAP": result.average_mAP,
+            "mAP": {f"{t:.2f}": float(m) for t, m in zip(result.tiou, result.mAP, strict=True)},
+            "weights": "ema" if ema is not None else "model",
+        }  # fmt: skip
+        run.log(record)
+        return record
+
+    def detect(self, entry, **postprocess) -> list[dict[str, Any]]:
+        """One validation video's detections with class names (and the external scores fused, when given)."""
+        from re2tal_cli.train.tal import detect_video, fuse_external_scores, with_class_names
+
+        cfg = self.cfg
+        if self.val_features is not None:
+            item = self.val_features[self.val_features.entries.index(entry)]
+            found = detect_video(self.model, entry, features=item, device=self.device, amp=cfg.train.amp.value,
+                                 **postprocess)  # fmt: skip
+        else:
+            found = detect_video(self.model, entry, source=_source(cfg.source.data, entry), frames=frames_input(cfg),
+                                 device=self.device, amp=cfg.train.amp.value, **postprocess)  # fmt: skip
+        if self.ext_scores is not None:
+            return fuse_external_scores(found, self.ext_scores[entry.id], self.class_names, cfg.eval.ext_topk,
+                                        cfg.eval.fusion.value)  # fmt: skip
+        return with_class_names(found, self.classes)
+
+    def _summary(self, run: RunDir, best: dict | None, seconds: float) -> dict[str, Any]:
+        evals = [r for r in run.read_metrics() if r["kind"] == "eval"]
+        final = evals[-1] if evals else None
+        summary = {
+            "run": str(run.root),
+            "mode": self.cfg.source.mode.value,
+            "epochs": self.cfg.train.epochs,
+            "steps": final["step"] if final else None,
+            "protocol": self.cfg.eval.protocol.value,
+            "subset": self.cfg.data.val_subset,
+            "final": None if final is None else {k: final[k] for k in ("epoch", "average_mAP", "mAP")},
+            "best": None if best is None else {k: best[k] for k in ("epoch", "average_mAP", "mAP")},
+            "seconds": round(seconds, 1),
+            "predictions": str(run.predictions),
+        }
+        run.write_summary(summary)
+        return summary
+
+
+def frames_input(cfg: Recipe):
+    from re2tal_cli.train.tal import FramesInput
+
+    d = cfg.data
+    return FramesInput(d.sampling.value, d.num_frames, d.frame_stride, d.size)
+
+
+def _source(root, entry):
+    from re2tal_cli.data.datasets import find_media
+    from re2tal_cli.data.video import open_video
+
+    return open_video(find_media(root, entry.id), entry.fps)
+
+
+# --- set-up -----------------------------------------------------------------------------------------------------
+
+
+def build_localizer(cfg: Recipe, channels: int, num_classes: int):
+    from re2tal_cli.localizers.actionformer import ActionFormer
+
+    return ActionFormer(channels, num_classes, cfg.model.actionformer)
+
+
+def load_tal_backbone(cfg: Recipe):
+    """The backbone of a frames run, wired as the recipe says (or as its checkpoint is)."""
+    from re2tal_cli.checkpoint import load_backbone
+
+    overrides = {"frozen_bn": cfg.backbone.frozen_bn}
+    if cfg.backbone.drop_path is not None:
+        overrides["drop_path"] = cfg.backbone.drop_path
+    loaded = load_backbone(cfg.source.backbone, cfg.source.arch, where_defined=overrides)
+    if cfg.backbone.wiring is not None:
+        from re2tal_cli.reversible.wiring import WiringName
+
+        WiringName(cfg.backbone.wiring.value).wiring.apply(loaded.model)
+    return loaded
+
+
+def _frames_setup(cfg: Recipe, root, train_entries, val_entries, classes):
+    from re2tal_cli.data.datasets import TALDataset
+    from re2tal_cli.data.transforms import Augment
+    from re2tal_cli.train.tal import TALModel
+
+    loaded = load_tal_backbone(cfg)
+    backbone, spec = loaded.model, loaded.input
+    localizer = build_localizer(cfg, backbone.out_channels, len(classes))
+    model = TALModel(localizer, backbone, spec, frozen=cfg.source.mode is Mode.FROZEN,
+                     feature_length=cfg.backbone.feature_length)  # fmt: skip
+    factor = localizer.config.downsample_factor
+    if cfg.backbone.feature_length is not None:
+        if cfg.backbone.feature_length % factor:
+            raise BadRecipeError(f"recipe key backbone.feature_length ({cfg.backbone.feature_length}) must be a "
+                                 f"multiple of {factor} (the localizer's 2^num_branch_blocks)")  # fmt: skip
+        unit = backbone.min_frames
+    else:
+        unit = model.unit
+    if cfg.data.num_frames % unit:
+        raise BadRecipeError(
+            f"recipe key data.num_frames ({cfg.data.num_frames}) must be a multiple of {unit} (the backbone's "
+            f"temporal stride × the localizer's downsampling)"
+        )
+    _check_media(root, train_entries + val_entries)
+    a = cfg.data.augment
+    augment = Augment(cfg.data.size, a.crop_scale, a.flip, a.rotation, a.brightness, a.contrast, a.saturation, a.hue,
+                      a.temporal_jitter)  # fmt: skip
+    uniform = cfg.data.sampling is Sampling.UNIFORM
+    train_set = TALDataset(
+        root, cfg.data.train_subset, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling.value,
+        stride=cfg.data.frame_stride, windows="random", size=cfg.data.size, augment=augment, mean=spec.mean,
+        std=spec.std, classes=classes if not cfg.data.class_agnostic else None, seed=cfg.seed,
+        windows_per_video=1 if uniform else cfg.data.windows_per_video, in_memory=cfg.data.in_memory,
+        entries=train_entries,
+    )  # fmt: skip
+    return model, train_set
+
+
+def _features_setup(cfg: Recipe, train_entries, val_entries, classes):
+    from re2tal_cli.train.data import FeatureDataset, read_feature_index
+    from re2tal_cli.train.tal import TALModel
+
+    root = cfg.source.features
+    read_feature_index(root)
+    common = dict(max_seq_len=cfg.model.actionformer.max_seq_len, trunc_thresh=cfg.data.trunc_thresh,
+                  crop_ratio=cfg.data.crop_ratio, resample_to=cfg.data.resample_to, seed=cfg.seed)  # fmt: skip
+    train_set = FeatureDataset(root, train_entries, classes, train=True, **common)
+    val_set = FeatureDataset(root, val_entries, classes, train=False, **common)
+    localizer = build_localizer(cfg, train_set.channels, len(classes))
+    return TALModel(localizer), train_set, val_set
+
+
+def _agnostic(entry):
+    return replace(entry, segments=[replace(s, label="action") for s in entry.segments])
+
+
+def _check_labels(root, entries, names: list[str]) -> None:
+    unknown = sorted({s.label for e in entries for s in e.segments} - set(names))
+    if unknown:
+        raise BadDataError(f"{root}: validation labels not in the training classes: {', '.join(unknown[:5])}")
+
+
+def _check_media(root, entries) -> None:
+    """Every video present and readable (its index, no decoding), listed when not."""
+    from re2tal_cli.data.datasets import find_media
+    from re2tal_cli.data.video import open_video
+
+    problems = []
+    for entry in entries:
+        media = find_media(root, entry.id)
+        if media is None:
+            problems.append(f"{entry.id} (missing)")
+            continue
+        try:
+            open_video(media, entry.fps)
+        except BadDataError:
+            problems.append(f"{entry.id} (unreadable)")
+    if problems:
+        shown = ", ".join(problems[:5]) + (", …" if len(problems) > 5 else "")
+        raise BadDataError(f"{root}: {plural(len(problems), 'video')} cannot be read: {shown}; see `re2tal data info`")
+
+
+def _read_external_scores(path, entries, names: list[str]) -> tuple[dict[str, list[float]], list[str]]:
+    """{video id: class scores} and class names from an ActivityNet classifier's JSON ({"results": {id: [...]},
+    "class": [...]}; ids with or without the "v_" prefix), checked to cover the evaluated videos."""
+    file = Path(path)
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"{file}: no such external scores file (eval.ext_scores)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadDataError(f"{file}: malformed JSON: {error}") from None
+    results = raw.get("results", raw) if isinstance(raw, dict) else None
+    classes = raw.get("class", names) if isinstance(raw, dict) else names
+    if not isinstance(results, dict) or not isinstance(classes, list):
+        raise BadDataError(f'{file}: expected {{"results": {{video: [class scores]}}, "class": [names]}}')
+    scores, missing = {}, []
+    for entry in entries:
+        found = results.get(entry.id, results.get(entry.id.removeprefix("v_"), results.get(f"v_{entry.id}")))
+        if found is None:
+            missing.append(entry.id)
+        elif not isinstance(found, list) or len(found) != len(classes):
+            raise BadDataError(f"{file}: {entry.id} has {len(found) if isinstance(found, list) else found!r} "
+                               f"scores for {len(classes)} classes")  # fmt: skip
+        else:
+            scores[entry.id] = [float(v) for v in found]
+    if missing:
+        raise BadDataError(f"{file}: no scores for {plural(len(missing), 'evaluated video')} (first: {missing[0]})")
+    return scores, [str(c) for c in classes]
+
+
+# --- small pieces ---------------------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, amp: Amp):
+    if amp is Amp.NONE:
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if amp is Amp.BF16 else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _peak_memory(device: torch.device) -> int:
+    """CUDA: the allocator's peak since the last step (reset here); CPU: the process's peak resident set."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return int(peak)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _guard_stats(stages) -> dict[str, Any]:
+    import math as m
+
+    passes = sum(s.guard.backward_passes for s in stages)
+    errors = [s.guard.max_error for s in stages if s.guard.backward_passes]
+    worst = m.nan if any(m.isnan(e) for e in errors) else max(errors, default=0.0)
+    return {"backward_passes": passes, "fallbacks": sum(s.guard.fallbacks for s in stages), "max_error": worst}
+
+
+def _last_good(run: RunDir) -> str:
+    meta = run.checkpoints / "last" / "meta.json"
+    if meta.is_file():
+        epoch = json.loads(meta.read_text(encoding="utf-8"))["epoch"]
+        return f"the last good checkpoint (epoch {epoch}) is kept in {run.checkpoints / 'last'}"
+    return "no epoch had completed (no checkpoint)"
+
+
+def _tensorboard(run: RunDir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the optional extra re2tal[tensorboard]
+        return None
+    return SummaryWriter(str(run.root / "tb"))
+
+
+def _scalars(writer, record: dict[str, Any], step: int) -> None:
+    if writer is None:
+        return
+    for key, value in record.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("epoch", "step"):
+            writer.add_scalar(key, value, step)
