@@ -139,6 +139,7 @@ class _Job:
     val_entries: list
     val_features: Any  # FeatureDataset of the validation subset (features mode)
     ext_scores: dict[str, list[float]] | None
+    arch: str | None  # the backbone's architecture (frames modes)
 
     @classmethod
     def build(cls, cfg: Recipe, device: torch.device) -> _Job:
@@ -162,12 +163,13 @@ class _Job:
             )
         if cfg.data.class_agnostic:
             train_entries = [_agnostic(e) for e in train_entries]
+        arch = None
         if cfg.source.mode is Mode.FEATURES:
             model, train_set, val_features = _features_setup(cfg, train_entries, val_entries, classes)
         else:
-            model, train_set = _frames_setup(cfg, root, train_entries, val_entries, classes)
+            model, train_set, arch = _frames_setup(cfg, root, train_entries, val_entries, classes)
             val_features = None
-        return cls(cfg, device, model, classes, class_names_out, train_set, val_entries, val_features, ext_scores)
+        return cls(cfg, device, model, classes, class_names_out, train_set, val_entries, val_features, ext_scores, arch)
 
     # --- the loop -------------------------------------------------------------------------------------------
 
@@ -270,7 +272,7 @@ class _Job:
             )
             if is_best:
                 best = {k: last_eval[k] for k in ("epoch", "step", "average_mAP", "mAP")}
-            meta = {"epoch": epoch, "step": step, "best": best, "mode": cfg.source.mode.value}
+            meta = {"epoch": epoch, "step": step, "best": best, "mode": cfg.source.mode.value, "model": self.describe()}
             checkpoint = Checkpoint(model.state_dict(), None if ema is None else ema.state, state, meta)
             run.save_checkpoint("last", checkpoint)
             if is_best:
@@ -306,6 +308,22 @@ class _Job:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return norm
+
+    def describe(self) -> dict[str, Any]:
+        """What rebuilds the model without its sources (`model_from_run`): classes, channels, backbone arch, wiring."""
+        model = self.model
+        described = {"classes": self.classes, "class_names": self.class_names, "channels": model.localizer.in_channels}
+        if model.backbone is not None:
+            stages = model.backbone.residual_stages()
+            from re2tal_cli.train.recipe import to_mapping
+
+            described |= {
+                "arch": self.arch,
+                "backbone_config": to_mapping(model.backbone.cfg),
+                "wiring": None if not stages else {"alpha": stages[0].coupling.alpha, "beta": stages[0].coupling.beta,
+                                                   "execution": stages[0].execution.value},
+            }  # fmt: skip
+        return described
 
     # --- evaluation ---------------------------------------------------------------------------------------
 
@@ -368,6 +386,35 @@ class _Job:
         }
         run.write_summary(summary)
         return summary
+
+
+def model_from_run(run: RunDir, checkpoint: str = "best"):
+    """(model, recipe, meta) of a finished or running run: rebuilt from config.yaml and the checkpoint's meta alone
+    (no dataset, no source checkpoint), with its weights — the EMA's when the run kept one."""
+    from re2tal_cli.models import get_arch
+    from re2tal_cli.reversible.wiring import Wiring
+    from re2tal_cli.train.tal import TALModel
+
+    if not run.config.is_file():
+        raise BadInputError(f"{run.root}: not a train-tal run (no config.yaml)")
+    cfg = _resumed_recipe(run)
+    name = checkpoint if (run.checkpoints / checkpoint / "meta.json").is_file() else "last"
+    saved = run.load_checkpoint(name, weights_only=True)
+    described = saved.meta["model"]
+    localizer = build_localizer(cfg, described["channels"], len(described["classes"]))
+    if cfg.source.mode is Mode.FEATURES:
+        model = TALModel(localizer)
+    else:
+        spec = get_arch(described["arch"])
+        saved_config = described["backbone_config"]  # the family's config as trained (head, final norm, …)
+        backbone = spec.create(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved_config.items()})
+        if described["wiring"] is not None:
+            Wiring.from_json(described["wiring"]).apply(backbone)
+        model = TALModel(localizer, backbone, spec.input, frozen=cfg.source.mode is Mode.FROZEN,
+                         feature_length=cfg.backbone.feature_length)  # fmt: skip
+    model.load_state_dict(saved.ema if saved.ema is not None else saved.model)
+    meta = {**saved.meta, "checkpoint": name, "weights": "ema" if saved.ema is not None else "model"}
+    return model.eval(), cfg, meta
 
 
 def frames_input(cfg: Recipe):
@@ -443,7 +490,7 @@ def _frames_setup(cfg: Recipe, root, train_entries, val_entries, classes):
         windows_per_video=1 if uniform else cfg.data.windows_per_video, in_memory=cfg.data.in_memory,
         entries=train_entries,
     )  # fmt: skip
-    return model, train_set
+    return model, train_set, loaded.arch
 
 
 def _features_setup(cfg: Recipe, train_entries, val_entries, classes):

@@ -121,11 +121,14 @@ def test_shapes_that_fit_several_archs_list_them(tmp_path):
 )
 def test_an_output_that_cannot_be_created_is_one_line_before_any_work(args, source, tmp_path, videos, monkeypatch):
     import re2tal_cli.memory.estimate
+    import re2tal_cli.memory.sweep
 
     def no_estimates(*a, **k):
         raise AssertionError("estimated before checking the output path")
 
-    monkeypatch.setattr(re2tal_cli.memory.estimate, "estimate_all", no_estimates)
+    # patched where it is looked up (the sweep module binds its own name at import)
+    for module in (re2tal_cli.memory.estimate, re2tal_cli.memory.sweep):
+        monkeypatch.setattr(module, "estimate_all", no_estimates)
     data = tmp_path / "videos"
     data.mkdir()
     shutil.copy(videos["mp4"], data / "a.mp4")

@@ -113,7 +113,9 @@ def test_frames_mode(checkpoint, dataset, tmp_path):
     from safetensors.torch import load_file
 
     times = load_file(out / "a.safetensors")["times"]
-    np.testing.assert_allclose(times[:3].numpy(), [0.1, 0.3, 0.5], atol=1e-6)  # centres of frame pairs [0, 0.2) … at 10 fps
+    np.testing.assert_allclose(
+        times[:3].numpy(), [0.1, 0.3, 0.5], atol=1e-6
+    )  # centres of frame pairs [0, 0.2) … at 10 fps
 
     out2 = tmp_path / "feats2"
     r = _run(checkpoint, "--data", dataset, "--out", out2, "--mode", "frames", "--num-frames", 32, "--window", 16)

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from re2tal_cli.memory.head_loss import ActionFormerLoss
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from re2tal_cli.errors import BadInputError
 from re2tal_cli.memory.estimate import estimate, estimate_all
+from re2tal_cli.memory.head_loss import ActionFormerLoss
 from re2tal_cli.memory.measure import measure
 from re2tal_cli.memory.step import StepConfig
 from re2tal_cli.memory.tracker import OPTIMIZER_STATE, PARAMETERS, StorageTracker
