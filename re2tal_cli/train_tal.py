@@ -143,7 +143,7 @@ class _Job:
 
     @classmethod
     def build(cls, cfg: Recipe, device: torch.device) -> _Job:
-        from re2tal_cli.data.datasets import class_names
+        from re2tal_cli.data.datasets import class_names, declared_classes
         from re2tal_cli.train.data import subset_entries
 
         root = cfg.source.data
@@ -151,9 +151,9 @@ class _Job:
             raise BadDataError(f"{root}: no such dataset directory")
         train_entries = subset_entries(root, cfg.data.train_subset)
         val_entries = subset_entries(root, cfg.data.val_subset)
-        names = class_names({e.id: e for e in train_entries + val_entries})
+        names = declared_classes(root) or class_names({e.id: e for e in train_entries})
         classes = ["action"] if cfg.data.class_agnostic else names
-        _check_labels(root, val_entries, names)
+        _check_labels(root, train_entries + val_entries, names)
         ext_scores, class_names_out = None, classes
         if cfg.eval.ext_scores is not None:
             ext_scores, class_names_out = _read_external_scores(cfg.eval.ext_scores, val_entries, names)
@@ -512,9 +512,12 @@ def _agnostic(entry):
 
 
 def _check_labels(root, entries, names: list[str]) -> None:
-    unknown = sorted({s.label for e in entries for s in e.segments} - set(names))
+    """Every label in the class list (the annotations' "classes", else the training subset's labels)."""
+    known = set(names)
+    unknown = sorted({(s.label, e.id) for e in entries for s in e.segments if s.label not in known})
     if unknown:
-        raise BadDataError(f"{root}: validation labels not in the training classes: {', '.join(unknown[:5])}")
+        shown = ", ".join(f"{label} ({vid})" for label, vid in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+        raise BadDataError(f"{root}: {plural(len(unknown), 'label')} not in the class list: {shown}")
 
 
 def _check_media(root, entries) -> None:

@@ -160,6 +160,22 @@ def class_names(entries: dict[str, VideoEntry]) -> list[str]:
     return sorted({s.label for e in entries.values() for s in e.segments})
 
 
+def declared_classes(path: str | os.PathLike) -> list[str] | None:
+    """The class list an annotation file declares ("classes": the converters and `data synth` write one), in its
+    order, or None."""
+    file = _annotation_file(path)
+    try:
+        classes = json.loads(file.read_text(encoding="utf-8")).get("classes")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None  # load_annotations reports what is wrong with the file
+    if classes is None:
+        return None
+    names = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    if not names or len(set(classes)) < len(classes):
+        raise BadDataError(f'{file}: "classes" must be a list of distinct names')
+    return classes
+
+
 def _epoch_and_item(key: int | tuple[int, int], default_epoch: int) -> tuple[int, int]:
     return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (default_epoch, int(key))
 

@@ -1,0 +1,81 @@
+"""A tiny synthetic TAL set, a tiny backbone (plain and rewired), a tiny recipe, and runs shared by the train tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from re2tal_cli.cli.app import app
+from tests.helpers import tiny_checkpoint
+
+runner = CliRunner()
+
+# r3d-tiny (temporal stride 8) on 64-frame windows of 32² frames: 8 features per window, a 3-level ActionFormer
+TINY_RECIPE = """
+seed: 0
+data: {num_frames: 64, size: 32, in_memory: true, windows_per_video: 2}
+backbone: {lr: 1.0e-3, drop_path: 0.1}
+model:
+  actionformer: {embed_dim: 16, head_dim: 16, num_heads: 2, window_size: 5, num_embed_convs: 1, num_stem_blocks: 1,
+                 num_branch_blocks: 2, regression_ranges: [[0, 4], [4, 8], [8, inf]], max_seq_len: 64,
+                 dropout: 0.1, path_drop: 0.1}
+train: {epochs: 2, warmup_epochs: 1, batch_size: 2, lr: 1.0e-3}
+eval: {every: 1}
+"""
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    message = result.stderr.strip()
+    assert "\n" not in message and message.startswith("Error: ") and "Traceback" not in message, message
+    return message
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory) -> Path:
+    from re2tal_cli.data.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("tal") / "synth"
+    config = SynthConfig(videos=5, classes=2, size=32, min_action=1.0, max_action=6.0, actions_per_video=(1, 3),
+                         clips_per_class=1, test_fraction=0.4)  # fmt: skip
+    generate(root, config, workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(TINY_RECIPE)
+    return path
+
+
+@pytest.fixture(scope="session")
+def plain_backbone(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("backbone") / "r3d.safetensors", arch="r3d-tiny")
+
+
+@pytest.fixture(scope="session")
+def rewired(tmp_path_factory, plain_backbone) -> Path:
+    out = tmp_path_factory.mktemp("rewired") / "rw"
+    ok(invoke("rewire", plain_backbone, "--out", out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def end_to_end_run(tmp_path_factory, synth, rewired, recipe) -> tuple[Path, dict]:
+    """A 2-epoch reversible end-to-end run through the CLI, and its --json summary."""
+    out = tmp_path_factory.mktemp("runs") / "e2e"
+    result = ok(invoke("train-tal", "--data", synth, "--backbone", rewired, "--recipe", recipe, "--out", out, "--json"))
+    return out, json.loads(result.stdout)

@@ -1,0 +1,259 @@
+"""`re2tal train-tal` through the CLI: the run directory, the three sources, resume after SIGKILL, the NaN stop, bad
+input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from re2tal_cli.evaluate import evaluate
+from re2tal_cli.train.recipe import read_yaml, recipe_from_mapping
+from tests.train.conftest import invoke, ok, one_line_error
+
+TIMING = ("steps_per_s", "videos_per_s", "seconds", "peak_memory_bytes")
+
+
+def _records(run: Path, kind: str | None = None) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def test_end_to_end_run_writes_a_complete_run_directory(end_to_end_run, synth, rewired):
+    run, summary = end_to_end_run
+    for name in ("config.yaml", "metrics.jsonl", "predictions.json", "summary.json"):
+        assert (run / name).is_file(), name
+    for checkpoint in ("last", "best"):
+        assert {p.name for p in (run / "checkpoints" / checkpoint).iterdir()} == {
+            "model.safetensors", "state.pt", "meta.json"}  # fmt: skip
+    config = recipe_from_mapping(read_yaml(run / "config.yaml"))  # every field written, and it reads back
+    assert config.source.mode.value == "end_to_end" and config.source.backbone == str(rewired.resolve())
+    assert config.train.epochs == 2 and config.backbone.drop_path == 0.1
+    steps = _records(run, "step")
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and {s["epoch"] for s in steps} == {1, 2}
+    for record in steps:
+        assert math.isfinite(record["loss"]) and record["lr"] > 0 and record["backbone_lr"] > 0
+        assert record["grad_norm"] > 0 and record["peak_memory_bytes"] > 0 and record["steps_per_s"] > 0
+    assert steps[0]["lr"] < steps[-2]["lr"]  # warm-up over the first epoch
+    epochs = _records(run, "epoch")
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for record in epochs:  # the rewired backbone ran reversibly, every stage's guard passed
+        assert record["guard"]["backward_passes"] > 0 and record["guard"]["fallbacks"] == 0
+        assert record["guard"]["max_error"] < 1e-3
+    assert [e["epoch"] for e in _records(run, "eval")] == [1, 2]
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert summary["mode"] == "end_to_end" and summary["final"]["epoch"] == 2
+
+
+def test_summary_map_is_what_re2tal_evaluate_says_of_the_run(end_to_end_run, synth):
+    run, summary = end_to_end_run
+    result = ok(invoke("evaluate", synth, run, "--protocol", "thumos", "--subset", "test", "--json"))
+    report = json.loads(result.stdout)
+    assert report["average_mAP"] == summary["final"]["average_mAP"]
+    direct = evaluate(synth, run / "predictions.json", protocol="thumos", subset="test")
+    assert direct.average_mAP == summary["final"]["average_mAP"]
+    predictions = json.loads((run / "predictions.json").read_text())["results"]
+    annotations = json.loads((synth / "annotations.json").read_text())["database"]
+    assert set(predictions) == {v for v, a in annotations.items() if a["subset"] == "test"}
+    for vid, detections in predictions.items():
+        assert detections
+        for d in detections:
+            assert 0.0 <= d["segment"][0] < d["segment"][1] <= annotations[vid]["duration"]
+            assert d["label"] in ("circle-cw-slow", "circle-ccw-slow") and 0.0 <= d["score"] <= 1.0
+
+
+def test_end_to_end_trains_the_backbone_and_frozen_does_not(end_to_end_run, synth, rewired, recipe, tmp_path):
+    source = load_file(rewired / "model.safetensors")
+    run, _ = end_to_end_run
+    trained = load_file(run / "checkpoints" / "last" / "model.safetensors")
+    changed = [k for k, v in source.items() if v.is_floating_point() and not torch.equal(trained[f"backbone.{k}"], v)]
+    assert changed
+    frozen = tmp_path / "frozen"
+    ok(invoke("train-tal", "--data", synth, "--backbone", rewired, "--frozen", "--recipe", recipe, "--out", frozen,
+              "--epochs", "1"))  # fmt: skip
+    kept = load_file(frozen / "checkpoints" / "last" / "model.safetensors")
+    assert all(torch.equal(kept[f"backbone.{k}"], v) for k, v in source.items())
+    assert _records(frozen, "epoch")[0]["guard"]["backward_passes"] == 0  # no backward through the backbone
+
+
+def test_features_run_reads_stride_and_fps_from_the_features(synth, plain_backbone, recipe, tmp_path):
+    feats = tmp_path / "feats"
+    ok(invoke("extract", plain_backbone, "--data", synth, "--out", feats, "--mode", "frames", "--size", "32"))
+    run = tmp_path / "run"
+    result = ok(invoke("train-tal", "--data", synth, "--features", feats, "--recipe", recipe, "--out", run, "--json",
+                       "--set", "train.epochs=3"))  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert summary["mode"] == "features" and summary["final"]["epoch"] == 3
+    assert _records(run, "step")[0]["backbone_lr"] is None
+    predictions = json.loads((run / "predictions.json").read_text())["results"]
+    annotations = json.loads((synth / "annotations.json").read_text())["database"]
+    for vid, detections in predictions.items():
+        assert all(d["segment"][1] <= annotations[vid]["duration"] for d in detections)
+
+
+def test_existing_run_is_refused_without_resume_or_force(end_to_end_run, synth, rewired, recipe):
+    run, _ = end_to_end_run
+    before = (run / "metrics.jsonl").read_bytes()
+    message = one_line_error(invoke("train-tal", "--data", synth, "--backbone", rewired, "--recipe", recipe,
+                                    "--out", run))  # fmt: skip
+    assert "--resume" in message and "--force" in message
+    assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_a_run_killed_and_resumed_ends_as_one_never_interrupted(synth, rewired, recipe, tmp_path):
+    """SIGKILL during epoch 2 of 3, then --resume: the same metrics and weights, bit for bit (CPU, same seed)."""
+    script = Path(sys.executable).with_name("re2tal")
+    args = ["train-tal", "--data", str(synth), "--backbone", str(rewired), "--recipe", str(recipe), "--epochs", "3",
+            "--json"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([script, *args, "--out", whole], check=True, capture_output=True, env=env, timeout=300)
+    proc = subprocess.Popen([script, *args, "--out", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)  # fmt: skip
+    first = killed / "checkpoints" / "last" / "meta.json"
+    deadline = time.monotonic() + 300
+    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted_at = json.loads(first.read_text())["epoch"]
+    assert interrupted_at < 3, "the run ended before it could be killed"
+    resumed = subprocess.run([script, "train-tal", "--out", killed, "--resume", "--json"], capture_output=True,
+                             text=True, env=env, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert _without_timing(_records(killed)) == _without_timing(_records(whole))
+    for name in ("model.safetensors", "state.pt"):
+        a = (whole / "checkpoints" / "last" / name).read_bytes()
+        assert a == (killed / "checkpoints" / "last" / name).read_bytes(), name
+    whole_summary, resumed_summary = (json.loads((r / "summary.json").read_text()) for r in (whole, killed))
+    assert all(whole_summary[k] == resumed_summary[k] for k in ("final", "best"))
+
+
+def test_resume_takes_no_recipe_options(end_to_end_run):
+    run, _ = end_to_end_run
+    message = one_line_error(invoke("train-tal", "--out", run, "--resume", "--epochs", "5"))
+    assert "config.yaml" in message and "--epochs" in message
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(synth, rewired, recipe, tmp_path, monkeypatch):
+    import re2tal_cli.train.tal as tal
+
+    real, calls = tal.losses, []
+
+    def losses_going_nan(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) > 3:  # epoch 1 has 3 steps (5 training videos × 2 windows / batch 2 ... = 3 batches)
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(tal, "losses", losses_going_nan)
+    run = tmp_path / "run"
+    message = one_line_error(invoke("train-tal", "--data", synth, "--backbone", rewired, "--recipe", recipe,
+                                    "--out", run), code=1)  # fmt: skip
+    assert "epoch 2, step 4: the loss is nan" in message and "epoch 1" in message
+    assert json.loads((run / "checkpoints" / "last" / "meta.json").read_text())["epoch"] == 1
+    assert not (run / "summary.json").exists()
+
+
+@pytest.fixture
+def broken_set(synth, tmp_path):
+    """A copy of the synthetic set to break."""
+    copy = tmp_path / "data"
+    shutil.copytree(synth, copy)
+    return copy
+
+
+def _annotations(root: Path) -> dict:
+    return json.loads((root / "annotations.json").read_text())
+
+
+def _write_annotations(root: Path, data: dict) -> None:
+    (root / "annotations.json").write_text(json.dumps(data))
+
+
+def _missing_videos(root: Path) -> str:
+    for vid in list(_annotations(root)["database"])[:2]:
+        (root / "videos" / f"{vid}.mp4").unlink()
+    return "2 videos cannot be read"
+
+
+def _unreadable_video(root: Path) -> str:
+    vid = next(iter(_annotations(root)["database"]))
+    (root / "videos" / f"{vid}.mp4").write_bytes(b"not a video")
+    return f"{vid} (unreadable)"
+
+
+def _unknown_label(root: Path) -> str:
+    data = _annotations(root)
+    test = next(v for v in data["database"].values() if v["subset"] == "test")
+    test["annotations"][0]["label"] = "juggling"
+    _write_annotations(root, data)
+    return "1 label not in the class list: juggling ("
+
+
+def _no_validation_subset(root: Path) -> str:
+    data = _annotations(root)
+    for video in data["database"].values():
+        video["subset"] = "train"
+    _write_annotations(root, data)
+    return "no videos in subset 'test' (subsets: train)"
+
+
+@pytest.mark.parametrize("breakage", [_missing_videos, _unreadable_video, _unknown_label, _no_validation_subset])
+def test_bad_datasets_are_one_line_before_training(breakage, broken_set, rewired, recipe, tmp_path):
+    expected = breakage(broken_set)
+    run = tmp_path / "run"
+    message = one_line_error(invoke("train-tal", "--data", broken_set, "--backbone", rewired, "--recipe", recipe,
+                                    "--out", run))  # fmt: skip
+    assert expected in message
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--set", "train.epoch=3"], "unknown recipe key train.epoch; did you mean train.epochs,"),
+        (["--set", "train.lr=fast"], "recipe key train.lr must be a number, got 'fast'"),
+        (["--set", "data.augment.flip=[1, 2]"], "recipe key data.augment.flip must be a number"),
+        (["--set", "model.actionformer.num_heads=3"], "embed_dim 16 must be divisible by num_heads 3"),
+        (["--set", "data.num_frames=60"], "data.num_frames (60) must be a multiple of 32"),
+        (["--set", "nonsense"], "expected KEY=VALUE"),
+        (["--amp", "fp16"], "fp16 needs CUDA"),
+        (["--epochs", "0"], "train.epochs must be at least 1"),
+    ],
+)
+def test_recipe_errors_name_the_key(args, expected, synth, rewired, recipe, tmp_path):
+    run = tmp_path / "run"
+    message = one_line_error(invoke("train-tal", "--data", synth, "--backbone", rewired, "--recipe", recipe,
+                                    "--out", run, *args))  # fmt: skip
+    assert expected in message
+    assert not run.exists()
+
+
+def test_source_options_are_checked(synth, rewired, tmp_path):
+    run = tmp_path / "run"
+    both = one_line_error(invoke("train-tal", "--data", synth, "--backbone", rewired, "--features", tmp_path,
+                                 "--out", run))  # fmt: skip
+    assert "--backbone" in both and "--features" in both
+    assert "--backbone" in one_line_error(invoke("train-tal", "--data", synth, "--frozen", "--out", run))
+    assert "unknown recipe 'thumos'" in one_line_error(
+        invoke("train-tal", "--data", synth, "--backbone", rewired, "--recipe", "thumos", "--out", run)
+    )
+    missing = one_line_error(invoke("train-tal", "--data", synth, "--features", tmp_path / "none", "--out", run))
+    assert "not a features directory" in missing
+    assert not run.exists()
