@@ -119,38 +119,45 @@ def _ground_truth(gt, video: Path) -> list[dict[str, Any]]:
 
 
 def plot_timeline(result: dict[str, Any], classes: list[str], ground_truth: list[dict] | None, path) -> Path:
-    """One row per class that has detections or ground truth: detections as bars shaded by score (their score
-    written on the strongest), the ground truth as a row of outlined bars beside each class."""
+    """A row per class that has detections or ground truth: the ground truth as outlined bars above, the detections
+    below coloured by score (strongest drawn last, so on top; a colour bar gives the scale), the three best of each
+    class labelled with their score."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     from re2tal_cli.plotting import new_figure, save_figure
 
-    detections = result["detections"]
-    shown = [c for c in classes if any(d["label"] == c for d in detections) or
-             any(g["label"] == c for g in ground_truth or [])] or classes[:1]  # fmt: skip
-    rows = len(shown) * (2 if ground_truth is not None else 1)
-    fig = new_figure(10, 0.5 + 0.45 * rows)
+    detections, truth = result["detections"], ground_truth or []
+    shown = [c for c in classes if any(d["label"] == c for d in detections + truth)] or classes[:1]
+    per_class = 2 if ground_truth is not None else 1
+    fig = new_figure(11, 0.8 + 0.5 * per_class * len(shown))
     ax = fig.subplots()
+    cmap, norm = colormaps["viridis_r"], Normalize(0.0, 1.0)
     ticks, labels = [], []
     for k, name in enumerate(shown):
-        y = k * (2 if ground_truth is not None else 1)
+        y = k * per_class
+        if ground_truth is not None:
+            for g in (g for g in truth if g["label"] == name):
+                s, e = g["segment"]
+                ax.barh(y, e - s, left=s, height=0.6, fill=False, edgecolor="#d62728", linewidth=1.4)
+            ticks.append(y)
+            labels.append(f"{name} (truth)")
+            y += 1
         mine = sorted((d for d in detections if d["label"] == name), key=lambda d: d["score"])
         for d in mine:
             s, e = d["segment"]
-            ax.barh(y, e - s, left=s, height=0.7, color="#386cb0", alpha=0.15 + 0.85 * d["score"], linewidth=0)
-        if mine:
-            s, e = mine[-1]["segment"]
-            ax.text(s, y, f"{mine[-1]['score']:.2f}", va="center", ha="left", fontsize=7, color="white")
+            ax.barh(y, e - s, left=s, height=0.6, color=cmap(norm(d["score"])), alpha=0.8, linewidth=0)
+        for d in mine[-3:]:
+            s, e = d["segment"]
+            ax.text((s + e) / 2, y - 0.34, f"{d['score']:.2f}", ha="center", va="bottom", fontsize=7)
         ticks.append(y)
-        labels.append(f"{name}")
-        if ground_truth is not None:
-            for g in (g for g in ground_truth if g["label"] == name):
-                s, e = g["segment"]
-                ax.barh(y + 1, e - s, left=s, height=0.7, fill=False, edgecolor="#f0027f", linewidth=1.2)
-            ticks.append(y + 1)
-            labels.append(f"{name} (truth)")
+        labels.append(name)
     ax.set_yticks(ticks, labels, fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(shown) * per_class - 0.5, -0.8)
     ax.set_xlim(0, result["duration"])
     ax.set_xlabel("seconds")
     ax.set_title(f"{Path(result['video']).name}: {len(detections)} detections", fontsize=10)
     ax.grid(axis="x", linestyle=":")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="score", fraction=0.03, pad=0.01)
     return save_figure(fig, path)

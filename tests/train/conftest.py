@@ -79,3 +79,13 @@ def end_to_end_run(tmp_path_factory, synth, rewired, recipe) -> tuple[Path, dict
     out = tmp_path_factory.mktemp("runs") / "e2e"
     result = ok(invoke("train-tal", "--data", synth, "--backbone", rewired, "--recipe", recipe, "--out", out, "--json"))
     return out, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def features_run(tmp_path_factory, synth, plain_backbone, recipe) -> tuple[Path, dict]:
+    """Frames features of the plain backbone (`re2tal extract`), and a 3-epoch localizer trained on them."""
+    root = tmp_path_factory.mktemp("features")
+    ok(invoke("extract", plain_backbone, "--data", synth, "--out", root / "feats", "--mode", "frames", "--size", "32"))
+    result = ok(invoke("train-tal", "--data", synth, "--features", root / "feats", "--recipe", recipe,
+                       "--out", root / "run", "--json", "--set", "train.epochs=3"))  # fmt: skip
+    return root / "run", json.loads(result.stdout)

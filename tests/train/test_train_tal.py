@@ -86,19 +86,15 @@ def test_end_to_end_trains_the_backbone_and_frozen_does_not(end_to_end_run, synt
     assert _records(frozen, "epoch")[0]["guard"]["backward_passes"] == 0  # no backward through the backbone
 
 
-def test_features_run_reads_stride_and_fps_from_the_features(synth, plain_backbone, recipe, tmp_path):
-    feats = tmp_path / "feats"
-    ok(invoke("extract", plain_backbone, "--data", synth, "--out", feats, "--mode", "frames", "--size", "32"))
-    run = tmp_path / "run"
-    result = ok(invoke("train-tal", "--data", synth, "--features", feats, "--recipe", recipe, "--out", run, "--json",
-                       "--set", "train.epochs=3"))  # fmt: skip
-    summary = json.loads(result.stdout)
+def test_features_run_reads_stride_and_fps_from_the_features(features_run, synth):
+    run, summary = features_run
     assert summary["mode"] == "features" and summary["final"]["epoch"] == 3
     assert _records(run, "step")[0]["backbone_lr"] is None
     predictions = json.loads((run / "predictions.json").read_text())["results"]
     annotations = json.loads((synth / "annotations.json").read_text())["database"]
     for vid, detections in predictions.items():
-        assert all(d["segment"][1] <= annotations[vid]["duration"] for d in detections)
+        assert detections and all(0 <= d["segment"][0] < d["segment"][1] <= annotations[vid]["duration"]
+                                  for d in detections)  # fmt: skip
 
 
 def test_existing_run_is_refused_without_resume_or_force(end_to_end_run, synth, rewired, recipe):
