@@ -487,8 +487,8 @@ def _frames_setup(cfg: Recipe, root, train_entries, val_entries, classes):
         root, cfg.data.train_subset, num_frames=cfg.data.num_frames, sampling=cfg.data.sampling.value,
         stride=cfg.data.frame_stride, windows="random", size=cfg.data.size, augment=augment, mean=spec.mean,
         std=spec.std, classes=classes if not cfg.data.class_agnostic else None, seed=cfg.seed,
-        windows_per_video=1 if uniform else cfg.data.windows_per_video, in_memory=cfg.data.in_memory,
-        entries=train_entries,
+        windows_per_video=1 if uniform else cfg.data.windows_per_video, keep_fraction=cfg.data.trunc_thresh,
+        in_memory=cfg.data.in_memory, entries=train_entries,
     )  # fmt: skip
     return model, train_set, loaded.arch
 

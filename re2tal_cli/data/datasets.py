@@ -210,8 +210,10 @@ class TALDataset:
     sampling="uniform": `num_frames` frames evenly over the whole video (ActivityNet style);
     sampling="window": `num_frames` consecutive frames every `stride` frames (THUMOS style); with windows="random"
     one window per video at a random start (training), with windows="all" every window covering the video;
-    `windows_per_video` random windows of each video per epoch, each its own draw. `in_memory`: videos decoded once
-    per process and kept (`DecodedVideo`), for small sets trained over many epochs.
+    `windows_per_video` random windows of each video per epoch, each its own draw; `keep_fraction`: a random window
+    is drawn (up to 200 times, as OpenTAD's `random_trunc`) to hold at least this fraction of one action, and the
+    actions with less inside are dropped from its targets. `in_memory`: videos decoded once per process and kept
+    (`DecodedVideo`), for small sets trained over many epochs.
 
     An item is a dict: video (3, T, size, size) float (normalised with mean/std), times (T,) seconds of the frames
     actually read, segments (K, 2) seconds and labels (K,) int64 of the actions overlapping the clip (clipped to it),
@@ -235,6 +237,7 @@ class TALDataset:
         classes: Sequence[str] | None = None,
         seed: int = 0,
         windows_per_video: int = 1,
+        keep_fraction: float | None = None,
         in_memory: bool = False,
         entries: Sequence[VideoEntry] | None = None,
     ):
@@ -269,6 +272,7 @@ class TALDataset:
             )
         self.num_frames, self.sampling, self.stride, self.windows = num_frames, sampling, stride, windows
         self.size, self.augment, self.mean, self.std, self.seed = size, augment, tuple(mean), tuple(std), seed
+        self.keep_fraction = keep_fraction if (sampling, windows) == ("window", "random") else None
         self.epoch = 0
         self._sources = _Sources(in_memory)
         self.items: list[tuple[int, int | None]] = []
@@ -292,16 +296,23 @@ class TALDataset:
         return len(self.items)
 
     def frame_indices(self, item: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        from re2tal_cli.data.sampling import jitter_indices, uniform_indices, window_indices
+        from re2tal_cli.data.sampling import jitter_indices, random_crop, uniform_indices, window_indices
 
         k, start = self.items[item]
-        n = self._source(self.entries[k]).num_frames
+        entry = self.entries[k]
+        source = self._source(entry)
+        n = source.num_frames
         if self.sampling == "uniform":
             idx = uniform_indices(n, self.num_frames)
         else:
-            if start is None:
-                span = self.num_frames * self.stride
-                start = int(rng.integers(0, max(n - span, 0) + 1)) if rng is not None else 0
+            span = self.num_frames * self.stride
+            if start is None and rng is None:
+                start = 0
+            elif start is None and self.keep_fraction is not None and entry.segments and n > span:
+                frames = np.searchsorted(np.asarray(source.times), [[s.start, s.end] for s in entry.segments])
+                start, _ = random_crop(n, span, frames, self.keep_fraction, rng)
+            elif start is None:
+                start = int(rng.integers(0, max(n - span, 0) + 1))
             idx = window_indices(n, self.num_frames, self.stride, start)
         jitter = getattr(self.augment, "temporal_jitter", 0.0)
         if rng is not None and jitter:
@@ -326,7 +337,8 @@ class TALDataset:
         lo, hi = float(times[0]), float(times[-1]) + 1.0 / source.fps
         segs, labels = [], []
         for s in entry.segments:
-            if s.end > lo and s.start < hi and s.label in self.classes:
+            inside = min(s.end, hi) - max(s.start, lo)
+            if inside > 0 and s.label in self.classes and inside >= (self.keep_fraction or 0.0) * (s.end - s.start):
                 segs.append([max(s.start, lo), min(s.end, hi)])
                 labels.append(self.classes.index(s.label))
         return {

@@ -21,6 +21,7 @@ __all__ = [
     "snippet_starts",
     "snippet_indices",
     "jitter_indices",
+    "random_crop",
 ]
 
 
@@ -102,3 +103,25 @@ def jitter_indices(indices: np.ndarray, num_frames: int, amount: float, generato
     gap = max(float(np.median(np.diff(idx))), 1.0)
     shift = np.rint(generator.uniform(-amount, amount, size=len(idx)) * gap).astype(np.int64)
     return np.clip(np.maximum.accumulate(idx + shift), 0, num_frames - 1)
+
+
+def random_crop(
+    length: int,
+    crop: int,
+    segments: np.ndarray,
+    keep_fraction: float,
+    generator: np.random.Generator,
+    trials: int = 200,
+) -> tuple[int, np.ndarray]:
+    """(start, kept) of a random crop of `crop` units out of `length`, for (K, 2) `segments` in the same units: the
+    first of `trials` draws that keeps at least one segment `keep_fraction` inside (`kept`: which segments are),
+    else the last draw (ActionFormer's and OpenTAD's `random_trunc`)."""
+    segments = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
+    start, kept = 0, np.zeros(len(segments), dtype=bool)
+    for _ in range(trials):
+        start = int(generator.integers(0, length - crop + 1))
+        inside = np.clip(np.minimum(segments[:, 1], start + crop) - np.maximum(segments[:, 0], start), 0, None)
+        kept = inside / np.maximum(segments[:, 1] - segments[:, 0], 1e-6) >= keep_fraction
+        if kept.any():
+            break
+    return start, kept

@@ -300,12 +300,16 @@ def generate(
             clip_jobs.append((folder / f"{label}_{c:02d}_{k:03d}.mp4", label, cfg, css))
     total = len(jobs) + len(clip_jobs)
 
-    # Each video and clip is encoded in a process of its own, forked from this one, which encodes nothing: x264's
-    # output for the same frames depends on what its process encoded before, so workers that each took several jobs
-    # made the files depend on which worker got which job, and on --workers. With the frames rendered before the
-    # encoder opens (render_video), the bytes are the same for a seed whatever --workers and whichever program calls
-    # this (docs/synthetic.md). A fork costs little next to an encode.
-    start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # Each video and clip is encoded in a process of its own, forked from a fork server that does nothing else:
+    # x264's output for the same frames depends on what its process did before (encoding, and even a training step
+    # run by the caller), so workers that took several jobs, or children forked from the caller, made the bytes depend
+    # on --workers and on the calling program's history. With the frames rendered before the encoder opens
+    # (render_video), the bytes are the same for a seed whatever --workers and whoever calls this (docs/synthetic.md).
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["re2tal_cli.data.synth", "av"])  # imported once, in the server
+    else:
+        context = multiprocessing.get_context("spawn")
     done = 0
 
     def finished() -> None:
@@ -314,7 +318,7 @@ def generate(
         if progress:
             progress(done, total)
 
-    with multiprocessing.get_context(start_method).Pool(max(1, workers), maxtasksperchild=1) as pool:
+    with context.Pool(max(1, workers), maxtasksperchild=1) as pool:
         results = []
         for r in pool.imap(_make_video, jobs):
             results.append(r)

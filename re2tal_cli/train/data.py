@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from re2tal_cli.data.datasets import VideoEntry, load_annotations
+from re2tal_cli.data.sampling import random_crop
 from re2tal_cli.errors import BadDataError
 from re2tal_cli.text import plural
 
@@ -89,26 +90,6 @@ def segments_on(grid: Grid, segments: torch.Tensor, length: int) -> tuple[torch.
     positions = grid.positions(segments.double()).float()
     inside = (positions[:, 1] > -0.5) & (positions[:, 0] < length - 0.5)
     return positions, inside
-
-
-def random_crop(
-    length: int,
-    crop: int,
-    segments: torch.Tensor,
-    trunc_thresh: float,
-    generator: np.random.Generator,
-    trials: int = 200,
-) -> tuple[int, torch.Tensor]:
-    """(start, kept) of a random crop of `crop` positions out of `length`: the first of `trials` draws keeping a
-    segment at least `trunc_thresh` inside (`kept`: which segments are), else the last draw."""
-    start, kept = 0, torch.zeros(len(segments), dtype=torch.bool)
-    for _ in range(trials):
-        start = int(generator.integers(0, length - crop + 1))
-        inter = (segments[:, 1].clamp(max=start + crop) - segments[:, 0].clamp(min=start)).clamp(min=0)
-        kept = inter / (segments[:, 1] - segments[:, 0]).clamp(min=1e-6) >= trunc_thresh
-        if kept.any():
-            break
-    return start, kept
 
 
 class FeatureDataset:
@@ -193,7 +174,9 @@ class FeatureDataset:
             crop = int(rng.integers(low, min(high, length) + 1))
         if crop == length or len(positions) == 0 and length <= self.max_seq_len:
             return feats, grid, positions, labels
-        start, kept = random_crop(length, crop, positions, self.trunc_thresh, rng, trials=200 if len(positions) else 1)
+        start, kept = random_crop(length, crop, positions.numpy(), self.trunc_thresh, rng,
+                                  trials=200 if len(positions) else 1)  # fmt: skip
+        kept = torch.from_numpy(kept)
         positions = (positions[kept] - start).clamp(min=-0.5, max=crop - 0.5)
         return feats[:, start : start + crop], Grid(grid.first + start * grid.step, grid.step), positions, labels[kept]
 

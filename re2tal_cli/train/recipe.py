@@ -109,7 +109,8 @@ class Data:
     class_agnostic: bool = False  # one "action" class (ActivityNet): labels come from eval.ext_scores
     in_memory: bool = False  # keep decoded videos in memory (small sets trained for many epochs)
     workers: int = 0  # DataLoader worker processes
-    trunc_thresh: float = 0.5  # features: a random crop keeps a segment with at least this fraction inside it
+    trunc_thresh: float = 0.5  # a random training window (frames) or crop (features) is drawn to keep at least this
+    # fraction of one action inside it; actions with less inside are dropped from its targets (OpenTAD: 0.75 frames)
     crop_ratio: tuple[float, float] | None = (0.9, 1.0)  # features: crop length as a fraction of the sequence
     resample_to: int | None = None  # features: every video's sequence resampled to this length (ActivityNet: 192)
 

@@ -42,8 +42,17 @@ def test_synth_layouts(synth):
 
 def test_synth_deterministic(synth, tmp_path):
     # Every file, byte for byte, whatever the worker count and with the progress bar on (x264's output depends on
-    # its process's history: each file gets a fresh process).
+    # its process's history: each file gets a fresh process, forked from a server that does nothing else).
+    import torch
+
     out, _ = synth
+    # A training step and then a two-thread pool in the calling process (what an earlier test leaves behind) changed
+    # what children forked from it encoded; they fork from a server now.
+    from re2tal_cli.models import create_model
+
+    threads = torch.get_num_threads()
+    create_model("r3d-tiny", num_classes=0)(torch.randn(2, 3, 64, 32, 32)).sum().backward()  # on one thread here
+    torch.set_num_threads(2)
     again = tmp_path / "again"
     r = runner.invoke(app, ["data", "synth", str(again), *SMALL, "--seed", "5", "--workers", "2"])
     assert r.exit_code == 0, r.output
@@ -51,6 +60,7 @@ def test_synth_deterministic(synth, tmp_path):
     def files(root):
         return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "synth.json"}
 
+    torch.set_num_threads(threads)
     assert files(again) == files(out)
     r = runner.invoke(app, ["data", "synth", str(again), *SMALL, "--seed", "5"])
     assert r.exit_code == 2 and "pass --force" in r.stderr

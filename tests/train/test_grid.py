@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from re2tal_cli.data.sampling import random_crop
 from re2tal_cli.train.data import (
     Grid,
     feature_mask,
     frames_grid,
-    random_crop,
     resample,
     resample_mask,
     segments_on,
@@ -67,7 +67,7 @@ def test_segments_outside_the_sequence_are_dropped():
 
 
 def test_random_crop_keeps_a_segment_when_one_fits():
-    segments = torch.tensor([[80.0, 90.0]])
+    segments = np.array([[80.0, 90.0]])
     rng = np.random.default_rng(0)
     for _ in range(20):
         start, kept = random_crop(100, 20, segments, 0.75, rng)
