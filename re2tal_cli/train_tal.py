@@ -68,10 +68,10 @@ def train_tal(
         run.prepare(resume=True, force=False)
         cfg = _resumed_recipe(run)
     else:
-        cfg = _new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp)
+        cfg = new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp)
     device = _device(device, cfg)
     torch.manual_seed(cfg.seed)  # the localizer's initialisation (a resumed run loads its weights instead)
-    job = _Job.build(cfg, device)  # every input checked: nothing is written before this returns
+    job = TALJob.build(cfg, device)  # every input checked: nothing is written before this returns
     if not resume:
         run.prepare(resume=False, force=force)
         from re2tal_cli.train.recipe import dump_yaml
@@ -80,7 +80,7 @@ def train_tal(
     return job.fit(run, resume, progress or (lambda task, done, total, info: None))
 
 
-def _new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp) -> Recipe:
+def new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp) -> Recipe:
     from re2tal_cli.train.recipe import load_recipe
 
     if (backbone is None) == (features is None):
@@ -127,7 +127,7 @@ def _device(device: str, cfg: Recipe) -> torch.device:
 
 
 @dataclass
-class _Job:
+class TALJob:
     """A configured run: the model, its data, and the pieces of the loop, all checked."""
 
     cfg: Recipe
@@ -142,7 +142,7 @@ class _Job:
     arch: str | None  # the backbone's architecture (frames modes)
 
     @classmethod
-    def build(cls, cfg: Recipe, device: torch.device) -> _Job:
+    def build(cls, cfg: Recipe, device: torch.device) -> TALJob:
         from re2tal_cli.data.datasets import class_names, declared_classes
         from re2tal_cli.train.data import subset_entries
 
@@ -173,24 +173,25 @@ class _Job:
 
     # --- the loop -------------------------------------------------------------------------------------------
 
-    def fit(self, run: RunDir, resume: bool, progress: Progress) -> dict[str, Any]:
-        from re2tal_cli.data.datasets import make_loader
-        from re2tal_cli.train.data import collate_features
-        from re2tal_cli.train.optim import WeightsEMA, lr_factor, param_groups
-        from re2tal_cli.train.run import rng_state, set_rng_state
+    def optimizer(self) -> torch.optim.Optimizer:
+        """AdamW or SGD over the localizer and (unless frozen) the backbone, each part at its own learning rate."""
+        from re2tal_cli.train.optim import param_groups
 
-        cfg, model, device = self.cfg, self.model, self.device
-        model.to(device)
+        cfg, model = self.cfg, self.model
         parts = [(model.localizer, cfg.train.lr, cfg.train.weight_decay)]
         if model.backbone is not None and not model.frozen:
             parts.append((model.backbone, cfg.backbone.lr, cfg.backbone.weight_decay))
         groups = param_groups(parts)
         if cfg.train.optimizer.value == "adamw":
-            optimizer = torch.optim.AdamW(groups)
-        else:
-            optimizer = torch.optim.SGD(groups, momentum=0.9)
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is Amp.FP16)
-        ema = WeightsEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+            return torch.optim.AdamW(groups)
+        return torch.optim.SGD(groups, momentum=0.9)
+
+    def loader(self):
+        """The training batches, shuffled per epoch (`loader.sampler.set_epoch`) from the recipe's seed."""
+        from re2tal_cli.data.datasets import make_loader
+        from re2tal_cli.train.data import collate_features
+
+        cfg, model = self.cfg, self.model
         collate = None
         if model.backbone is None:
             multiple, max_len = model.localizer.config.downsample_factor, model.localizer.config.max_seq_len
@@ -198,8 +199,20 @@ class _Job:
             def collate(batch):
                 return collate_features(batch, multiple, max_len)
 
-        loader = make_loader(self.train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
-                             seed=cfg.seed, collate_fn=collate)  # fmt: skip
+        return make_loader(self.train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
+                           seed=cfg.seed, collate_fn=collate)  # fmt: skip
+
+    def fit(self, run: RunDir, resume: bool, progress: Progress) -> dict[str, Any]:
+        from re2tal_cli.train.optim import WeightsEMA, lr_factor
+        from re2tal_cli.train.run import rng_state, set_rng_state
+
+        cfg, model, device = self.cfg, self.model, self.device
+        model.to(device)
+        optimizer = self.optimizer()
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is Amp.FP16)
+        ema = WeightsEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        loader = self.loader()
+        backbone_trained = model.backbone is not None and not model.frozen
         updates_per_epoch = math.ceil(len(loader) / cfg.train.accumulate)
         warmup = round(cfg.train.warmup_epochs * updates_per_epoch)
         horizon = round((cfg.train.cosine_epochs or cfg.train.epochs) * updates_per_epoch)
@@ -245,7 +258,7 @@ class _Job:
                 now = time.perf_counter()
                 record = {
                     "kind": "step", "epoch": epoch, "step": step, **values, "lr": optimizer.param_groups[0]["lr"],
-                    "backbone_lr": cfg.backbone.lr * scale if len(parts) > 1 else None, "grad_norm": grad_norm,
+                    "backbone_lr": cfg.backbone.lr * scale if backbone_trained else None, "grad_norm": grad_norm,
                     "steps_per_s": 1.0 / max(now - tick, 1e-9),
                     "videos_per_s": cfg.train.batch_size * cfg.train.accumulate / max(now - tick, 1e-9),
                     "peak_memory_bytes": _peak_memory(device),

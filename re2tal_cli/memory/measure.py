@@ -118,7 +118,7 @@ def _run_cpu(config: StepConfig, steps: int) -> Measurement:
     import resource
     import time
 
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import ProfilerActivity, profile
 
     from re2tal_cli.memory.step import Observer, build_model, check_input_shape, setup, train_step
 
@@ -127,8 +127,7 @@ def _run_cpu(config: StepConfig, steps: int) -> Measurement:
             self.step = step
 
         def phase(self, name):
-            with record_function(f"memprofile:{self.step}:{name}"):
-                pass
+            mark_phase(self.step, name)
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         backbone, head = build_model(config)
@@ -141,7 +140,32 @@ def _run_cpu(config: StepConfig, steps: int) -> Measurement:
             train_step(s, "cpu", Markers(k))
         seconds = (time.perf_counter() - start) / (steps - 1)
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    phases, before = allocator_peaks(prof)
+    return Measurement(
+        config,
+        "cpu",
+        "CPU allocator events (torch.profiler profile_memory)",
+        max(phases.values()),
+        phases,
+        before,
+        rss_growth=max(0, rss_peak - rss_before),
+        seconds_per_step=seconds,
+    )
 
+
+def mark_phase(step: int, phase: str) -> None:
+    """A marker in the profile: `phase` (zero_grad, forward, backward, optimizer) of training step `step` begins;
+    step 0 is the warm-up, which `allocator_peaks` does not count."""
+    from torch.profiler import record_function
+
+    with record_function(f"memprofile:{step}:{phase}"):
+        pass
+
+
+def allocator_peaks(prof) -> tuple[dict[str, int], int]:
+    """From a CPU profile with `profile_memory=True` that ran from before the model was built, and `mark_phase`
+    markers: (the peak bytes live in torch tensors during each phase of the measured steps, the bytes live when step
+    1 began)."""
     events = sorted(
         ((e.start_ns(), e.name(), e.nbytes()) for e in prof.profiler.kineto_results.events()), key=lambda e: e[0]
     )
@@ -159,16 +183,7 @@ def _run_cpu(config: StepConfig, steps: int) -> Measurement:
             current = phase if step != "0" else None
             if current in PHASES:
                 phases[current] = max(phases.get(current, 0), live)
-    return Measurement(
-        config,
-        "cpu",
-        "CPU allocator events (torch.profiler profile_memory)",
-        max(phases.values()),
-        phases,
-        before or 0,
-        rss_growth=max(0, rss_peak - rss_before),
-        seconds_per_step=seconds,
-    )
+    return phases, before or 0
 
 
 def _rss() -> int:
