@@ -32,6 +32,8 @@ _API = {
     "ExtractSettings": "re2tal_cli.extract",
     "evaluate": "re2tal_cli.evaluate",
     "memprofile": "re2tal_cli.memprofile",
+    "train_tal": "re2tal_cli.train_tal",
+    "detect": "re2tal_cli.detect",
     "Coupling": "re2tal_cli.reversible",
     "Wiring": "re2tal_cli.reversible.wiring",
     "WiringName": "re2tal_cli.reversible.wiring",
