@@ -169,10 +169,9 @@ def _arch_of(src, path: Path, state_dict: Mapping[str, torch.Tensor]) -> tuple[s
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadCheckpointError(f"{path}: not valid JSON: {error}") from None
+    from re2tal_cli.fileio import read_json
+
+    data = read_json(path, BadCheckpointError)
     return data if isinstance(data, dict) else {}
 
 

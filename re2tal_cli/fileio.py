@@ -17,7 +17,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from re2tal_cli.errors import BadInputError, OutputExistsError
+from re2tal_cli.errors import BadDataError, BadInputError, OutputExistsError
+
+
+def read_json(path: str | os.PathLike, error: type[BadInputError] = BadDataError) -> Any:
+    """A JSON file's content; a missing, unreadable or malformed file raises `error` naming it, in one wording."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: a directory, not a JSON file") from None
+    except OSError as os_error:
+        raise error(f"{path}: cannot be read ({os_error.strerror or os_error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as decode_error:
+        raise error(f"{path}: malformed JSON: {decode_error}") from None
 
 
 def _umask() -> int:

@@ -556,13 +556,10 @@ def _check_media(root, entries) -> None:
 def _read_external_scores(path, entries, names: list[str]) -> tuple[dict[str, list[float]], list[str]]:
     """{video id: class scores} and class names from an ActivityNet classifier's JSON ({"results": {id: [...]},
     "class": [...]}; ids with or without the "v_" prefix), checked to cover the evaluated videos."""
+    from re2tal_cli.fileio import read_json
+
     file = Path(path)
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"{file}: no such external scores file (eval.ext_scores)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadDataError(f"{file}: malformed JSON: {error}") from None
+    raw = read_json(file)
     results = raw.get("results", raw) if isinstance(raw, dict) else None
     classes = raw.get("class", names) if isinstance(raw, dict) else names
     if not isinstance(results, dict) or not isinstance(classes, list):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from re2tal_cli.data.datasets import AMBIGUOUS, ANNOTATIONS, Segment, VideoEntry, save_annotations
 from re2tal_cli.errors import BadDataError, BadInputError, UnknownNameError
-from re2tal_cli.fileio import check_output_dir
+from re2tal_cli.fileio import check_output_dir, read_json
 from re2tal_cli.text import plural
 
 __all__ = ["FORMATS", "ConvertResult", "convert", "convert_thumos14", "convert_activitynet"]
@@ -194,12 +194,7 @@ ANET_SUBSETS = {"training": "train", "validation": "val", "testing": "test"}
 def convert_activitynet(path: str | os.PathLike, *, id_prefix: str = "") -> ConvertResult:
     """ActivityNet-1.3 JSON (activity_net.v1-3.min.json) → our entries."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadDataError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadDataError(f"{path}: not valid JSON ({error})") from None
+    data = read_json(path)
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
         raise BadDataError(f'{path}: not an ActivityNet file (no "database" object)')

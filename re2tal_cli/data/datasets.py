@@ -35,7 +35,7 @@ from re2tal_cli.data.video import (
     open_video,
 )
 from re2tal_cli.errors import BadDataError
-from re2tal_cli.fileio import write_json_atomic
+from re2tal_cli.fileio import read_json, write_json_atomic
 
 __all__ = [
     "Segment",
@@ -92,10 +92,7 @@ def load_annotations(path: str | os.PathLike) -> dict[str, VideoEntry]:
     file = _annotation_file(path)
     if not file.is_file():
         raise BadDataError(f"{file}: no annotation file (a dataset directory needs {ANNOTATIONS})")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadDataError(f"{file}: not valid JSON ({error})") from None
+    data = read_json(file)
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
         raise BadDataError(f'{file}: expected an object with a "database" mapping video ids to entries')

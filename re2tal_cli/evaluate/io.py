@@ -7,7 +7,6 @@ kept and counted, so the numbers stay official while the user still hears about 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from re2tal_cli.errors import BadDataError
 from re2tal_cli.evaluate.detection import Segments
+from re2tal_cli.fileio import read_json
 from re2tal_cli.text import plural
 
 GT_FILE = "annotations.json"
@@ -67,16 +67,6 @@ def _resolve(path: Path, name: str, what: str) -> Path:
     return path
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as error:
-        raise BadDataError(f"{path}: malformed JSON: {error}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadDataError(f"{path}: cannot be read ({error})") from None
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -108,7 +98,7 @@ def load_ground_truth(path: str | Path, subset: str | None = None, ambiguous_lab
     `ambiguous_label` (protocol thumos: "Ambiguous") sets those segments apart instead of making them a class.
     """
     path = resolve_ground_truth(path)
-    data = _read_json(path)
+    data = read_json(path)
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
         raise BadDataError(f"{path}: not ActivityNet-format ground truth (no 'database' object at the top level)")
@@ -197,7 +187,7 @@ def load_predictions(path: str | Path, gt: GroundTruth, ambiguous_label: str | N
     Checks run on whole columns (half a million predictions is a normal file); only a failure walks entry by entry.
     """
     path = resolve_predictions(path)
-    data = _read_json(path)
+    data = read_json(path)
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, dict):
         raise BadDataError(f"{path}: not an ActivityNet submission (no 'results' object at the top level)")

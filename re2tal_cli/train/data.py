@@ -18,7 +18,6 @@ random, keeping a segment at least `trunc_thresh` inside the crop when one can b
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from re2tal_cli.data.datasets import VideoEntry, load_annotations
 from re2tal_cli.data.sampling import random_crop
 from re2tal_cli.errors import BadDataError
+from re2tal_cli.fileio import read_json
 from re2tal_cli.text import plural
 
 
@@ -186,10 +186,7 @@ def read_feature_index(features: str | os.PathLike) -> dict[str, Any]:
     path = Path(features) / "index.json"
     if not path.is_file():
         raise BadDataError(f"{features}: not a features directory of `re2tal extract` (no index.json)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise BadDataError(f"{path}: not valid JSON: {error}") from None
+    return read_json(path)
 
 
 def subset_entries(data: str | os.PathLike, subset: str) -> list[VideoEntry]:

@@ -175,6 +175,6 @@ def test_activitynet_errors(tmp_path):
         convert_activitynet(src)
     src.write_text("{not json")
     r = runner.invoke(app, ["data", "convert", "activitynet", str(src), "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "not valid JSON" in r.stderr
+    assert r.exit_code == 2 and "malformed JSON" in r.stderr
     r = runner.invoke(app, ["data", "convert", "kinetics", str(src), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "unknown annotation format 'kinetics'" in r.stderr
