@@ -55,7 +55,9 @@ def train_tal(
     """Train and evaluate; returns the summary (also RUN/summary.json). `recipe`: a name in recipes/ or a YAML
     file; `sets`: KEY=VALUE overrides; `epochs`, `seed`, `amp`: shortcuts for train.epochs, seed, train.amp. With
     `resume`, the run continues from RUN/checkpoints/last with RUN/config.yaml, and takes no recipe options."""
-    run = RunDir(out)
+    from re2tal_cli.fileio import check_creatable
+
+    run = RunDir(check_creatable(out, directory=True))
     if resume:
         if recipe is not None or sets or epochs is not None or seed is not None or amp is not None:
             raise BadInputError(

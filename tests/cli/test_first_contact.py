@@ -37,7 +37,17 @@ ALL_COMMANDS = list(_command_paths(typer.main.get_command(app)))
 
 def test_the_app_has_the_commands_we_document():
     names = {" ".join(c) for c in ALL_COMMANDS}
-    assert {"rewire", "extract", "evaluate", "memprofile", "data convert", "data synth", "data info"} <= names
+    assert {
+        "rewire",
+        "extract",
+        "train-tal",
+        "detect",
+        "evaluate",
+        "memprofile",
+        "data convert",
+        "data synth",
+        "data info",
+    } <= names
 
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=lambda c: " ".join(c) or "re2tal")
@@ -116,8 +126,9 @@ def test_shapes_that_fit_several_archs_list_them(tmp_path):
         ["data", "synth", "/proc/re2tal/synth", "--videos", "1"],
         ["evaluate", "{gt}", "{pred}", "--plot", "/proc/re2tal/fig.png"],
         ["memprofile", "--arch", "vit-tiny", "--sweep", "frames", "--plot", "/proc/re2tal/f.png"],
+        ["train-tal", "--data", "{videos}", "--backbone", "{src}", "--out", "/proc/re2tal/run"],
     ],
-    ids=["rewire", "extract", "synth", "evaluate-plot", "memprofile-plot"],
+    ids=["rewire", "extract", "synth", "evaluate-plot", "memprofile-plot", "train-tal"],
 )
 def test_an_output_that_cannot_be_created_is_one_line_before_any_work(args, source, tmp_path, videos, monkeypatch):
     import re2tal_cli.memory.estimate
