@@ -13,25 +13,18 @@ run never interrupted), the predictions of the last evaluation and the summary.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-import resource
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from re2tal_cli.errors import BadDataError, BadInputError, BadRecipeError, NumericalError
+from re2tal_cli.errors import BadDataError, BadInputError, BadRecipeError
 from re2tal_cli.text import plural
+from re2tal_cli.train.loop import Progress
 from re2tal_cli.train.recipe import Amp, Mode, Recipe, Sampling
-from re2tal_cli.train.run import Checkpoint, RunDir
-
-# (task, done, total, info): task is "epoch", "step" or "eval"
-Progress = Callable[[str, int, int | None, str], None]
+from re2tal_cli.train.run import RunDir
 
 
 def train_tal(
@@ -79,7 +72,9 @@ def train_tal(
         from re2tal_cli.train.recipe import dump_yaml
 
         run.write_config(dump_yaml(cfg))
-    return job.fit(run, resume, progress or (lambda task, done, total, info: None))
+    from re2tal_cli.train.loop import fit
+
+    return fit(job, run, resume, progress or (lambda task, done, total, info: None))
 
 
 def new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp) -> Recipe:
@@ -173,20 +168,19 @@ class TALJob:
             val_features = None
         return cls(cfg, device, model, classes, class_names_out, train_set, val_entries, val_features, ext_scores, arch)
 
-    # --- the loop -------------------------------------------------------------------------------------------
+    # --- the task of the shared loop (train/loop.py) ----------------------------------------------------------
+
+    metric = "average_mAP"
 
     def optimizer(self) -> torch.optim.Optimizer:
         """AdamW or SGD over the localizer and (unless frozen) the backbone, each part at its own learning rate."""
-        from re2tal_cli.train.optim import param_groups
+        from re2tal_cli.train.optim import make_optimizer
 
         cfg, model = self.cfg, self.model
-        parts = [(model.localizer, cfg.train.lr, cfg.train.weight_decay)]
+        parts = [("localizer", model.localizer, cfg.train.lr, cfg.train.weight_decay)]
         if model.backbone is not None and not model.frozen:
-            parts.append((model.backbone, cfg.backbone.lr, cfg.backbone.weight_decay))
-        groups = param_groups(parts)
-        if cfg.train.optimizer.value == "adamw":
-            return torch.optim.AdamW(groups)
-        return torch.optim.SGD(groups, momentum=0.9)
+            parts.append(("backbone", model.backbone, cfg.backbone.lr, cfg.backbone.weight_decay))
+        return make_optimizer(cfg.train.optimizer.value, parts)
 
     def loader(self):
         """The training batches, shuffled per epoch (`loader.sampler.set_epoch`) from the recipe's seed."""
@@ -204,125 +198,17 @@ class TALJob:
         return make_loader(self.train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
                            seed=cfg.seed, collate_fn=collate)  # fmt: skip
 
-    def fit(self, run: RunDir, resume: bool, progress: Progress) -> dict[str, Any]:
-        from re2tal_cli.train.optim import WeightsEMA, lr_factor
-        from re2tal_cli.train.run import rng_state, set_rng_state
-
-        cfg, model, device = self.cfg, self.model, self.device
-        model.to(device)
-        optimizer = self.optimizer()
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is Amp.FP16)
-        ema = WeightsEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-        loader = self.loader()
-        backbone_trained = model.backbone is not None and not model.frozen
-        updates_per_epoch = math.ceil(len(loader) / cfg.train.accumulate)
-        warmup = round(cfg.train.warmup_epochs * updates_per_epoch)
-        horizon = round((cfg.train.cosine_epochs or cfg.train.epochs) * updates_per_epoch)
-        first_epoch, step, best = 1, 0, None
-        if resume:
-            checkpoint = run.load_checkpoint("last")
-            model.load_state_dict(checkpoint.model)
-            if ema is not None and checkpoint.ema is not None:
-                ema.state = checkpoint.ema
-            optimizer.load_state_dict(checkpoint.state["optimizer"])
-            scaler.load_state_dict(checkpoint.state["scaler"])
-            set_rng_state(checkpoint.state["rng"])
-            first_epoch, step, best = checkpoint.meta["epoch"] + 1, checkpoint.meta["step"], checkpoint.meta["best"]
-            run.truncate_metrics(step, checkpoint.meta["epoch"])
-        writer = _tensorboard(run)
-        autocast = _autocast(device, cfg.train.amp)
-        start = time.perf_counter()
-        last_eval = None
-        for epoch in range(first_epoch, cfg.train.epochs + 1):
-            progress("epoch", epoch - 1, cfg.train.epochs, "")
-            loader.sampler.set_epoch(epoch - 1)
-            model.train()
-            stages = model.backbone.residual_stages() if model.backbone is not None else []
-            for stage in stages:
-                stage.guard.reset()
-            sums, seen, epoch_start = {"loss": 0.0, "cls_loss": 0.0, "reg_loss": 0.0}, 0, time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            tick = time.perf_counter()
-            for micro, batch in enumerate(loader):
-                values = self._micro_step(batch, autocast, scaler, cfg.train.accumulate, run, epoch, step)
-                for k in sums:
-                    sums[k] += values[k]
-                seen += 1
-                if (micro + 1) % cfg.train.accumulate and micro + 1 < len(loader):
-                    continue
-                scale = lr_factor(step, warmup, horizon)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * scale
-                grad_norm = self._update(optimizer, scaler, run, epoch, step + 1)
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                now = time.perf_counter()
-                record = {
-                    "kind": "step", "epoch": epoch, "step": step, **values, "lr": optimizer.param_groups[0]["lr"],
-                    "backbone_lr": cfg.backbone.lr * scale if backbone_trained else None, "grad_norm": grad_norm,
-                    "steps_per_s": 1.0 / max(now - tick, 1e-9),
-                    "videos_per_s": cfg.train.batch_size * cfg.train.accumulate / max(now - tick, 1e-9),
-                    "peak_memory_bytes": _peak_memory(device),
-                }  # fmt: skip
-                tick = now
-                run.log(record)
-                _scalars(writer, record, step)
-                progress("step", step - (epoch - 1) * updates_per_epoch, updates_per_epoch,
-                         f"loss {values['loss']:.3f}  lr {record['lr']:.2e}")  # fmt: skip
-            guard = _guard_stats(stages)
-            epoch_record = {
-                "kind": "epoch", "epoch": epoch, "step": step, **{k: v / max(seen, 1) for k, v in sums.items()},
-                "seconds": time.perf_counter() - epoch_start, "guard": guard,
-            }  # fmt: skip
-            run.log(epoch_record)
-            if epoch >= cfg.eval.start_epoch and (epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs):
-                last_eval = self.evaluate(run, ema, epoch, step, progress)
-                _scalars(writer, {"average_mAP": last_eval["average_mAP"]}, step)
-            state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
-            is_best = (
-                last_eval is not None
-                and last_eval["epoch"] == epoch
-                and (best is None or last_eval["average_mAP"] > best["average_mAP"])
-            )
-            if is_best:
-                best = {k: last_eval[k] for k in ("epoch", "step", "average_mAP", "mAP")}
-            meta = {"epoch": epoch, "step": step, "best": best, "mode": cfg.source.mode.value, "model": self.describe()}
-            checkpoint = Checkpoint(model.state_dict(), None if ema is None else ema.state, state, meta)
-            run.save_checkpoint("last", checkpoint)
-            if is_best:
-                run.save_checkpoint("best", checkpoint)
-        progress("epoch", cfg.train.epochs, cfg.train.epochs, "")
-        if writer is not None:
-            writer.close()
-        return self._summary(run, best, time.perf_counter() - start)
-
-    def _micro_step(self, batch, autocast, scaler, accumulate: int, run: RunDir, epoch: int, step: int) -> dict:
+    def losses(self, batch, autocast) -> dict[str, torch.Tensor]:
         from re2tal_cli.train.tal import losses
 
         result = losses(self.model, batch, self.device, autocast)
-        loss = result["loss"]
-        if not torch.isfinite(loss):
-            raise NumericalError(
-                f"epoch {epoch}, step {step + 1}: the loss is {loss.item()}; training stopped, {_last_good(run)}"
-            )
-        scaler.scale(loss / accumulate).backward()
-        return {k: result[k].item() for k in ("loss", "cls_loss", "reg_loss")}
+        return {k: result[k] for k in ("loss", "cls_loss", "reg_loss")}
 
-    def _update(self, optimizer, scaler, run: RunDir, epoch: int, step: int) -> float:
-        """Unscale, clip, step; the gradient norm before clipping. A non-finite norm without a gradient scaler (whose
-        job it is to skip such steps in fp16) stops the run."""
-        scaler.unscale_(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        max_norm = self.cfg.train.clip_grad or math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if not math.isfinite(norm) and not scaler.is_enabled():
-            raise NumericalError(f"epoch {epoch}, step {step}: the gradient norm is {norm}; training stopped, "
-                                 f"{_last_good(run)}")  # fmt: skip
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return norm
+    def residual_stages(self) -> list:
+        return self.model.backbone.residual_stages() if self.model.backbone is not None else []
+
+    def before_update(self, step: int) -> dict[str, Any]:
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """What rebuilds the model without its sources (`model_from_run`): classes, channels, backbone arch, wiring."""
@@ -384,7 +270,7 @@ class TALJob:
                                         cfg.eval.fusion.value)  # fmt: skip
         return with_class_names(found, self.classes)
 
-    def _summary(self, run: RunDir, best: dict | None, seconds: float) -> dict[str, Any]:
+    def summary(self, run: RunDir, best: dict | None, seconds: float) -> dict[str, Any]:
         evals = [r for r in run.read_metrics() if r["kind"] == "eval"]
         final = evals[-1] if evals else None
         summary = {
@@ -579,55 +465,3 @@ def _read_external_scores(path, entries, names: list[str]) -> tuple[dict[str, li
     if missing:
         raise BadDataError(f"{file}: no scores for {plural(len(missing), 'evaluated video')} (first: {missing[0]})")
     return scores, [str(c) for c in classes]
-
-
-# --- small pieces ---------------------------------------------------------------------------------------------
-
-
-def _autocast(device: torch.device, amp: Amp):
-    if amp is Amp.NONE:
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if amp is Amp.BF16 else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def _peak_memory(device: torch.device) -> int:
-    """CUDA: the allocator's peak since the last step (reset here); CPU: the process's peak resident set."""
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return int(peak)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _guard_stats(stages) -> dict[str, Any]:
-    import math as m
-
-    passes = sum(s.guard.backward_passes for s in stages)
-    errors = [s.guard.max_error for s in stages if s.guard.backward_passes]
-    worst = m.nan if any(m.isnan(e) for e in errors) else max(errors, default=0.0)
-    return {"backward_passes": passes, "fallbacks": sum(s.guard.fallbacks for s in stages), "max_error": worst}
-
-
-def _last_good(run: RunDir) -> str:
-    meta = run.checkpoints / "last" / "meta.json"
-    if meta.is_file():
-        epoch = json.loads(meta.read_text(encoding="utf-8"))["epoch"]
-        return f"the last good checkpoint (epoch {epoch}) is kept in {run.checkpoints / 'last'}"
-    return "no epoch had completed (no checkpoint)"
-
-
-def _tensorboard(run: RunDir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # the optional extra re2tal[tensorboard]
-        return None
-    return SummaryWriter(str(run.root / "tb"))
-
-
-def _scalars(writer, record: dict[str, Any], step: int) -> None:
-    if writer is None:
-        return
-    for key, value in record.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("epoch", "step"):
-            writer.add_scalar(key, value, step)

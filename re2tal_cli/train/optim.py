@@ -10,19 +10,28 @@ import torch
 from torch import nn
 
 
-def param_groups(parts: list[tuple[nn.Module, float, float]]) -> list[dict]:
-    """Optimizer groups for (module, lr, weight decay) parts: weight decay only on weights of rank ≥ 2 (not on
-    norms, biases, scales: ActionFormer's and OpenTAD's rule), each group with its `base_lr` for the schedule."""
+def param_groups(parts: list[tuple[str, nn.Module, float, float]]) -> list[dict]:
+    """Optimizer groups for (name, module, lr, weight decay) parts: weight decay only on weights of rank ≥ 2 (not on
+    norms, biases, scales: ActionFormer's and OpenTAD's rule), each group with its part's `name` and its `base_lr` for
+    the schedule."""
     groups = []
-    for module, lr, weight_decay in parts:
+    for name, module, lr, weight_decay in parts:
         params = [p for p in module.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups += [
-            {"params": decay, "lr": lr, "base_lr": lr, "weight_decay": weight_decay},
-            {"params": no_decay, "lr": lr, "base_lr": lr, "weight_decay": 0.0},
+            {"params": decay, "lr": lr, "base_lr": lr, "weight_decay": weight_decay, "name": name},
+            {"params": no_decay, "lr": lr, "base_lr": lr, "weight_decay": 0.0, "name": name},
         ]
     return [g for g in groups if g["params"]]
+
+
+def make_optimizer(kind: str, parts: list[tuple[str, nn.Module, float, float]]) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum 0.9, over `param_groups(parts)`."""
+    groups = param_groups(parts)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups)
+    return torch.optim.SGD(groups, momentum=0.9)
 
 
 def lr_factor(step: int, warmup: int, horizon: int) -> float:

@@ -22,6 +22,7 @@ from re2tal_cli.data.datasets import VideoEntry
 from re2tal_cli.localizers.actionformer import ActionFormer, LocalizerOutput, pad_features
 from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.train.data import Grid, feature_mask, frames_grid, resample, resample_mask, segments_on
+from re2tal_cli.train.loop import autocast_for
 
 
 class TALModel(nn.Module):
@@ -125,7 +126,7 @@ def detect_video(
         feats, grid = _whole_video_features(model, source, frames, device, amp)
     padded, mask = pad_features([feats.to(device)], model.localizer.config.downsample_factor)
     model.localizer.eval()
-    with _autocast(device, amp)():
+    with autocast_for(device, amp)():
         out = model.localizer(padded, mask)
     out = LocalizerOutput([x.float() for x in out.cls_logits], [x.float() for x in out.offsets], out.masks, out.points)
     (found,) = model.localizer.predict(out, **postprocess)
@@ -161,13 +162,6 @@ def _whole_video_features(model: TALModel, source, frames: FramesInput, device, 
         length = max(1, math.ceil(feats.shape[1] * model.feature_length / per_window))
         grid, feats = grid.resampled(feats.shape[1], length), resample(feats, length)
     return feats, grid
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def fuse_external_scores(

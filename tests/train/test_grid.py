@@ -85,13 +85,13 @@ def test_lr_warms_up_from_the_first_step_then_decays_to_zero_at_the_horizon():
 
 def test_weight_decay_only_on_weights_and_each_part_at_its_own_rate():
     head, body = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), nn.Linear(4, 2)
-    groups = param_groups([(head, 1e-3, 0.05), (body, 1e-5, 0.01)])
-    described = [(g["lr"], g["weight_decay"], sorted(tuple(p.shape) for p in g["params"])) for g in groups]
+    groups = param_groups([("head", head, 1e-3, 0.05), ("body", body, 1e-5, 0.01)])
+    described = [(g["name"], g["lr"], g["weight_decay"], sorted(tuple(p.shape) for p in g["params"])) for g in groups]
     assert described == [
-        (1e-3, 0.05, [(4, 4)]),
-        (1e-3, 0.0, [(4,), (4,), (4,)]),
-        (1e-5, 0.01, [(2, 4)]),
-        (1e-5, 0.0, [(2,)]),
+        ("head", 1e-3, 0.05, [(4, 4)]),
+        ("head", 1e-3, 0.0, [(4,), (4,), (4,)]),
+        ("body", 1e-5, 0.01, [(2, 4)]),
+        ("body", 1e-5, 0.0, [(2,)]),
     ]
 
 

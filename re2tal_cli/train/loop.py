@@ -1,0 +1,241 @@
+"""The training loop every run shares (train-tal, finetune): epochs of accumulated, clipped, scheduled updates with
+EMA and AMP; per-step and per-epoch metrics; evaluation every k epochs; a complete checkpoint after every epoch; exact
+resume; a stop on a non-finite loss. What differs between runs — the model's losses, the evaluation, what a
+checkpoint must say to rebuild the model — is the `Task`'s.
+
+    summary = fit(task, RunDir("runs/x"), resume=False, progress=lambda task, done, total, info: None)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+from re2tal_cli.errors import NumericalError
+from re2tal_cli.train.run import Checkpoint, RunDir
+
+# (task, done, total, info): task is "epoch", "step" or "eval"
+Progress = Callable[[str, int, int | None, str], None]
+
+
+class Task(Protocol):
+    """What `fit` needs from a run. `cfg` has `seed`, `train` (`train.recipe.Train`) and `eval` (`every`,
+    `start_epoch`)."""
+
+    cfg: Any
+    device: torch.device
+    model: torch.nn.Module
+    metric: str  # the evaluation record's key that picks the best checkpoint (higher is better)
+
+    def optimizer(self) -> torch.optim.Optimizer: ...
+
+    def loader(self): ...
+
+    def losses(self, batch: Any, autocast: Callable) -> dict[str, torch.Tensor]:
+        """The batch's losses: "loss" (what is minimised) and any parts to log, as scalars."""
+
+    def residual_stages(self) -> list:
+        """The stages whose reversible guard is reported per epoch (none: an empty list)."""
+
+    def before_update(self, step: int) -> dict[str, Any]:
+        """Called before the micro-steps of update `step` (0-based); returns fields for its step record."""
+
+    def evaluate(self, run: RunDir, ema, epoch: int, step: int, progress: Progress) -> dict[str, Any]:
+        """Evaluate (with the EMA weights when given), log and return the "eval" record."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint's meta.json must hold to rebuild the model without the run's sources."""
+
+    def summary(self, run: RunDir, best: dict | None, seconds: float) -> dict[str, Any]:
+        """The run's summary (also written to RUN/summary.json)."""
+
+
+def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, Any]:
+    from re2tal_cli.train.optim import WeightsEMA, lr_factor
+    from re2tal_cli.train.run import rng_state, set_rng_state
+
+    cfg, model, device = task.cfg, task.model, task.device
+    train = cfg.train
+    model.to(device)
+    optimizer = task.optimizer()
+    scaler = torch.amp.GradScaler(device.type, enabled=train.amp.value == "fp16")
+    ema = WeightsEMA(model, train.ema_decay) if train.ema_decay > 0 else None
+    loader = task.loader()
+    updates_per_epoch = math.ceil(len(loader) / train.accumulate)
+    warmup = round(train.warmup_epochs * updates_per_epoch)
+    horizon = round((train.cosine_epochs or train.epochs) * updates_per_epoch)
+    first_epoch, step, best = 1, 0, None
+    if resume:
+        checkpoint = run.load_checkpoint("last")
+        model.load_state_dict(checkpoint.model)
+        if ema is not None and checkpoint.ema is not None:
+            ema.state = checkpoint.ema
+        optimizer.load_state_dict(checkpoint.state["optimizer"])
+        scaler.load_state_dict(checkpoint.state["scaler"])
+        set_rng_state(checkpoint.state["rng"])
+        first_epoch, step, best = checkpoint.meta["epoch"] + 1, checkpoint.meta["step"], checkpoint.meta["best"]
+        run.truncate_metrics(step, checkpoint.meta["epoch"])
+    writer = _tensorboard(run)
+    autocast = _autocast(device, train.amp.value)
+    start = time.perf_counter()
+    last_eval = None
+    for epoch in range(first_epoch, train.epochs + 1):
+        progress("epoch", epoch - 1, train.epochs, "")
+        loader.sampler.set_epoch(epoch - 1)
+        model.train()
+        stages = task.residual_stages()
+        for stage in stages:
+            stage.guard.reset()
+        sums: dict[str, float] = {}
+        seen, epoch_start = 0, time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        tick = time.perf_counter()
+        fields: dict[str, Any] = {}
+        for micro, batch in enumerate(loader):
+            if micro % train.accumulate == 0:
+                fields = task.before_update(step)
+            values = _micro_step(task, batch, autocast, scaler, train.accumulate, run, epoch, step)
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+            seen += 1
+            if (micro + 1) % train.accumulate and micro + 1 < len(loader):
+                continue
+            scale = lr_factor(step, warmup, horizon)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * scale
+            grad_norm = _update(optimizer, scaler, train.clip_grad, run, epoch, step + 1)
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            now = time.perf_counter()
+            record = {
+                "kind": "step", "epoch": epoch, "step": step, **values, **_learning_rates(optimizer), **fields,
+                "grad_norm": grad_norm, "steps_per_s": 1.0 / max(now - tick, 1e-9),
+                "videos_per_s": train.batch_size * train.accumulate / max(now - tick, 1e-9),
+                "peak_memory_bytes": _peak_memory(device),
+            }  # fmt: skip
+            tick = now
+            run.log(record)
+            _scalars(writer, record, step)
+            progress("step", step - (epoch - 1) * updates_per_epoch, updates_per_epoch,
+                     f"loss {values['loss']:.3f}  lr {record['lr']:.2e}")  # fmt: skip
+        epoch_record = {
+            "kind": "epoch", "epoch": epoch, "step": step, **{k: v / max(seen, 1) for k, v in sums.items()},
+            "seconds": time.perf_counter() - epoch_start, "guard": _guard_stats(stages),
+        }  # fmt: skip
+        run.log(epoch_record)
+        if epoch >= cfg.eval.start_epoch and (epoch % cfg.eval.every == 0 or epoch == train.epochs):
+            last_eval = task.evaluate(run, ema, epoch, step, progress)
+            _scalars(writer, {task.metric: last_eval[task.metric]}, step)
+        is_best = (
+            last_eval is not None
+            and last_eval["epoch"] == epoch
+            and (best is None or last_eval[task.metric] > best[task.metric])
+        )
+        if is_best:
+            best = {k: v for k, v in last_eval.items() if k not in ("kind", "weights")}
+        state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
+        meta = {"epoch": epoch, "step": step, "best": best, "model": task.describe()}
+        checkpoint = Checkpoint(model.state_dict(), None if ema is None else ema.state, state, meta)
+        run.save_checkpoint("last", checkpoint)
+        if is_best:
+            run.save_checkpoint("best", checkpoint)
+    progress("epoch", train.epochs, train.epochs, "")
+    if writer is not None:
+        writer.close()
+    return task.summary(run, best, time.perf_counter() - start)
+
+
+def _learning_rates(optimizer) -> dict[str, float]:
+    """ "lr": the first part's learning rate (the head's); "<part>_lr" for each other part (e.g. backbone_lr)."""
+    first = optimizer.param_groups[0]["name"]
+    rates = {"lr": optimizer.param_groups[0]["lr"]}
+    for group in optimizer.param_groups:
+        if group["name"] != first:
+            rates[f"{group['name']}_lr"] = group["lr"]
+    return rates
+
+
+def _micro_step(task: Task, batch, autocast, scaler, accumulate: int, run: RunDir, epoch: int, step: int) -> dict:
+    result = task.losses(batch, autocast)
+    loss = result["loss"]
+    if not torch.isfinite(loss):
+        raise NumericalError(
+            f"epoch {epoch}, step {step + 1}: the loss is {loss.item()}; training stopped, {_last_good(run)}"
+        )
+    scaler.scale(loss / accumulate).backward()
+    return {k: v.item() for k, v in result.items()}
+
+
+def _update(optimizer, scaler, clip_grad: float, run: RunDir, epoch: int, step: int) -> float:
+    """Unscale, clip, step; the gradient norm before clipping. A non-finite norm without a gradient scaler (whose job
+    it is to skip such steps in fp16) stops the run."""
+    scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = float(torch.nn.utils.clip_grad_norm_(params, clip_grad or math.inf))
+    if not math.isfinite(norm) and not scaler.is_enabled():
+        raise NumericalError(f"epoch {epoch}, step {step}: the gradient norm is {norm}; training stopped, "
+                             f"{_last_good(run)}")  # fmt: skip
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def autocast_for(device: torch.device | str, amp: str) -> Callable:
+    """A factory of the autocast context for `amp` (none, bf16, fp16) on `device`."""
+    return _autocast(torch.device(device), amp)
+
+
+def _autocast(device: torch.device, amp: str) -> Callable:
+    if amp == "none":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _peak_memory(device: torch.device) -> int:
+    """CUDA: the allocator's peak since the last step (reset here); CPU: the process's peak resident set."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return int(peak)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _guard_stats(stages) -> dict[str, Any]:
+    passes = sum(s.guard.backward_passes for s in stages)
+    errors = [s.guard.max_error for s in stages if s.guard.backward_passes]
+    worst = math.nan if any(math.isnan(e) for e in errors) else max(errors, default=0.0)
+    return {"backward_passes": passes, "fallbacks": sum(s.guard.fallbacks for s in stages), "max_error": worst}
+
+
+def _last_good(run: RunDir) -> str:
+    meta = run.checkpoints / "last" / "meta.json"
+    if meta.is_file():
+        epoch = json.loads(meta.read_text(encoding="utf-8"))["epoch"]
+        return f"the last good checkpoint (epoch {epoch}) is kept in {run.checkpoints / 'last'}"
+    return "no epoch had completed (no checkpoint)"
+
+
+def _tensorboard(run: RunDir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the optional extra re2tal[tensorboard]
+        return None
+    return SummaryWriter(str(run.root / "tb"))
+
+
+def _scalars(writer, record: dict[str, Any], step: int) -> None:
+    if writer is None:
+        return
+    for key, value in record.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("epoch", "step"):
+            writer.add_scalar(key, value, step)
