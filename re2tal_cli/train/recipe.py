@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from re2tal_cli.errors import BadInputError, BadRecipeError
 from re2tal_cli.localizers.config import ActionFormerConfig
@@ -162,7 +162,9 @@ class Eval:
 
 @dataclass
 class Recipe:
-    """A train-tal run's whole configuration."""
+    """A train-tal run's whole configuration (recipes/)."""
+
+    folder: ClassVar[Path] = RECIPES
 
     source: Source = field(default_factory=Source)
     seed: int = 0
@@ -179,9 +181,6 @@ class Recipe:
             "data.frame_stride": self.data.frame_stride,
             "data.windows_per_video": self.data.windows_per_video,
             "data.size": self.data.size,
-            "train.epochs": self.train.epochs,
-            "train.batch_size": self.train.batch_size,
-            "train.accumulate": self.train.accumulate,
             "eval.every": self.eval.every,
             "eval.ext_topk": self.eval.ext_topk,
         }
@@ -192,19 +191,14 @@ class Recipe:
                            "data.resample_to": self.data.resample_to}.items():  # fmt: skip
             if value is not None and value < 1:
                 raise BadRecipeError(f"recipe key {key} must be at least 1, got {value}")
-        for key, value in {"train.lr": self.train.lr, "backbone.lr": self.backbone.lr}.items():
-            if not value > 0:
-                raise BadRecipeError(f"recipe key {key} must be positive, got {value}")
-        nonneg = {"train.warmup_epochs": self.train.warmup_epochs, "train.clip_grad": self.train.clip_grad,
-                  "train.weight_decay": self.train.weight_decay, "backbone.weight_decay": self.backbone.weight_decay,
-                  "data.workers": self.data.workers}  # fmt: skip
+        _check_train(self.train)
+        if not self.backbone.lr > 0:
+            raise BadRecipeError(f"recipe key backbone.lr must be positive, got {self.backbone.lr}")
+        nonneg = {"backbone.weight_decay": self.backbone.weight_decay, "data.workers": self.data.workers}
         for key, value in nonneg.items():
             if value < 0:
                 raise BadRecipeError(f"recipe key {key} must be ≥ 0, got {value}")
-        if not 0 <= self.train.ema_decay < 1:
-            raise BadRecipeError(f"recipe key train.ema_decay must be in [0, 1), got {self.train.ema_decay}")
-        if self.backbone.drop_path is not None and not 0 <= self.backbone.drop_path < 1:
-            raise BadRecipeError(f"recipe key backbone.drop_path must be in [0, 1), got {self.backbone.drop_path}")
+        _check_drop_path(self.backbone.drop_path)
         if not 0 <= self.data.trunc_thresh <= 1:
             raise BadRecipeError(f"recipe key data.trunc_thresh must be in [0, 1], got {self.data.trunc_thresh}")
         if self.data.crop_ratio is not None and not 0 < self.data.crop_ratio[0] <= self.data.crop_ratio[1] <= 1:
@@ -212,31 +206,155 @@ class Recipe:
         if self.model.localizer != "actionformer":
             raise BadRecipeError(f"recipe key model.localizer: unknown localizer {self.model.localizer!r}; known: "
                                  "actionformer")  # fmt: skip
-        cosine = self.train.cosine_epochs
-        if cosine is not None and cosine < self.train.epochs:
-            raise BadRecipeError(f"recipe key train.cosine_epochs ({cosine}) must be at least train.epochs")
+
+
+def _check_train(train: Train) -> None:
+    """The `train` section's values that its types allow but a run does not."""
+    for key, value in {"epochs": train.epochs, "batch_size": train.batch_size, "accumulate": train.accumulate}.items():
+        if value < 1:
+            raise BadRecipeError(f"recipe key train.{key} must be at least 1, got {value}")
+    if not train.lr > 0:
+        raise BadRecipeError(f"recipe key train.lr must be positive, got {train.lr}")
+    for key, value in {"warmup_epochs": train.warmup_epochs, "clip_grad": train.clip_grad,
+                       "weight_decay": train.weight_decay}.items():  # fmt: skip
+        if value < 0:
+            raise BadRecipeError(f"recipe key train.{key} must be ≥ 0, got {value}")
+    if not 0 <= train.ema_decay < 1:
+        raise BadRecipeError(f"recipe key train.ema_decay must be in [0, 1), got {train.ema_decay}")
+    if train.cosine_epochs is not None and train.cosine_epochs < train.epochs:
+        raise BadRecipeError(f"recipe key train.cosine_epochs ({train.cosine_epochs}) must be at least train.epochs")
+
+
+def _check_drop_path(drop_path: float | None) -> None:
+    if drop_path is not None and not 0 <= drop_path < 1:
+        raise BadRecipeError(f"recipe key backbone.drop_path must be in [0, 1), got {drop_path}")
+
+
+# --- finetune: clip classification --------------------------------------------------------------------------
+
+
+class ScheduleKind(enum.StrEnum):
+    RE2 = "re2"  # α=0, β=1 throughout, reversible (Re²TAL)
+    DR2 = "dr2"  # from α=1, β=start_beta along the diagonal to (0, 1), reversible (Dr²Net)
+    NONE = "none"  # the original network (α=1, β=0), ordinary autograd: the baseline
+
+
+class ScheduleUnit(enum.StrEnum):
+    ITERATION = "iteration"  # optimizer updates
+    EPOCH = "epoch"
+
+
+@dataclass
+class FinetuneSource:
+    """What the run finetunes; set by the command line."""
+
+    checkpoint: str | None = None
+    arch: str | None = None
+    data: str | None = None  # the clips: a CSV, or a directory (CSV per subset, or class-per-folder)
+
+
+@dataclass
+class Clips:
+    train_subset: str = "train"
+    val_subset: str = "val"
+    num_frames: int | None = None  # frames per clip; None: the backbone's pretraining clip length
+    frame_stride: int = 2  # source frames between sampled frames
+    size: int | None = None  # square input side; None: the backbone's pretraining size
+    augment: Augment = field(default_factory=Augment)
+    mixup: float = 0.0  # Beta(a, a) parameter of mixup; 0: off
+    cutmix: float = 0.0  # Beta(a, a) parameter of cutmix; 0: off (both on: one of the two per batch, at random)
+    workers: int = 0
+
+
+@dataclass
+class Head:
+    new: bool = False  # a new classifier even when the checkpoint's has as many classes as the data
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class Schedule:
+    """The dual-residual coefficients during finetuning (Dr²Net §3.3.2 and supplementary A.4, B)."""
+
+    kind: ScheduleKind = ScheduleKind.RE2
+    start_beta: float = 0.1  # dr2: β at the start (α starts at 1)
+    update_every: int = 2  # dr2: η, in `unit`s (Dr²Net's action recognition: 2 iterations)
+    unit: ScheduleUnit = ScheduleUnit.ITERATION
+    end_epoch: float | None = None  # dr2: (0, 1) reached at this epoch; None: a quarter of train.epochs, at least 1
+    tolerance: float | None = None  # the guard's tolerance (relative reconstruction error); None: the engine's
+
+
+@dataclass
+class FinetuneBackbone:
+    drop_path: float | None = None  # stochastic depth; None: the architecture's default
+    frozen_bn: bool = True
+
+
+@dataclass
+class FinetuneEval:
+    every: int = 1
+    start_epoch: int = 1
+
+
+@dataclass
+class FinetuneRecipe:
+    """A finetune run's whole configuration (recipes/finetune/)."""
+
+    folder: ClassVar[Path] = RECIPES / "finetune"
+
+    source: FinetuneSource = field(default_factory=FinetuneSource)
+    seed: int = 0
+    data: Clips = field(default_factory=Clips)
+    backbone: FinetuneBackbone = field(default_factory=FinetuneBackbone)
+    head: Head = field(default_factory=Head)
+    schedule: Schedule = field(default_factory=Schedule)
+    train: Train = field(default_factory=Train)
+    eval: FinetuneEval = field(default_factory=FinetuneEval)
+
+    def check(self) -> None:
+        _check_train(self.train)
+        _check_drop_path(self.backbone.drop_path)
+        for key, value in {"data.num_frames": self.data.num_frames, "data.size": self.data.size,
+                           "data.frame_stride": self.data.frame_stride, "schedule.update_every":
+                           self.schedule.update_every, "eval.every": self.eval.every}.items():  # fmt: skip
+            if value is not None and value < 1:
+                raise BadRecipeError(f"recipe key {key} must be at least 1, got {value}")
+        for key, value in {"data.mixup": self.data.mixup, "data.cutmix": self.data.cutmix,
+                           "data.workers": self.data.workers}.items():  # fmt: skip
+            if value < 0:
+                raise BadRecipeError(f"recipe key {key} must be ≥ 0, got {value}")
+        if not 0 <= self.head.label_smoothing < 1:
+            raise BadRecipeError(f"recipe key head.label_smoothing must be in [0, 1), got {self.head.label_smoothing}")
+        if not 0 < self.schedule.start_beta <= 1:
+            raise BadRecipeError(f"recipe key schedule.start_beta must be in (0, 1], got {self.schedule.start_beta}")
+        end = self.schedule.end_epoch
+        if end is not None and not 0 < end <= self.train.epochs:
+            raise BadRecipeError(f"recipe key schedule.end_epoch must be in (0, train.epochs], got {end}")
+        if self.schedule.tolerance is not None and not self.schedule.tolerance > 0:
+            raise BadRecipeError(f"recipe key schedule.tolerance must be positive, got {self.schedule.tolerance}")
 
 
 # --- reading and writing ---------------------------------------------------------------------------------------
 
 
-def load_recipe(recipe: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """A named recipe (recipes/NAME.yaml) or a YAML file, with `KEY=VALUE` overrides, validated."""
-    return recipe_from_mapping(apply_sets(read_yaml(recipe_path(recipe)), sets), where=str(recipe))
+def load_recipe(recipe: str | Path, sets: list[str] | tuple[str, ...] = (), kind: type = Recipe):
+    """A named recipe (`kind.folder`/NAME.yaml: recipes/ for train-tal, recipes/finetune/ for finetune) or a YAML
+    file, with `KEY=VALUE` overrides, validated as a `kind`."""
+    return recipe_from_mapping(apply_sets(read_yaml(recipe_path(recipe, kind.folder)), sets), str(recipe), kind)
 
 
-def recipe_path(recipe: str | Path) -> Path:
+def recipe_path(recipe: str | Path, folder: Path = RECIPES) -> Path:
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise BadRecipeError(f"{path}: no such recipe file")
         return path
-    named = RECIPES / f"{recipe}.yaml"
+    named = folder / f"{recipe}.yaml"
     if not named.is_file():
-        known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
         close = difflib.get_close_matches(str(recipe), known, n=3, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known)}"
-        raise BadRecipeError(f"unknown recipe {str(recipe)!r} (neither a .yaml file nor in {RECIPES}); {hint}")
+        raise BadRecipeError(f"unknown recipe {str(recipe)!r} (neither a .yaml file nor in {folder}); {hint}")
     return named
 
 
@@ -280,8 +398,8 @@ def apply_sets(data: dict, sets: list[str] | tuple[str, ...]) -> dict:
     return data
 
 
-def recipe_from_mapping(data: dict, where: str = "recipe") -> Recipe:
-    recipe = _build(Recipe, data, "")
+def recipe_from_mapping(data: dict, where: str = "recipe", kind: type = Recipe):
+    recipe = _build(kind, data, "")
     try:
         recipe.check()
     except BadRecipeError as error:
