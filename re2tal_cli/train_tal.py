@@ -23,8 +23,8 @@ import torch
 from re2tal_cli.errors import BadDataError, BadInputError, BadRecipeError
 from re2tal_cli.text import plural
 from re2tal_cli.train.loop import Progress
-from re2tal_cli.train.recipe import Amp, Mode, Recipe, Sampling
-from re2tal_cli.train.run import RunDir
+from re2tal_cli.train.recipe import Mode, Recipe, Sampling
+from re2tal_cli.train.run import RunDir, absolute_path
 
 
 def train_tal(
@@ -48,33 +48,31 @@ def train_tal(
     """Train and evaluate; returns the summary (also RUN/summary.json). `recipe`: a name in recipes/ or a YAML
     file; `sets`: KEY=VALUE overrides; `epochs`, `seed`, `amp`: shortcuts for train.epochs, seed, train.amp. With
     `resume`, the run continues from RUN/checkpoints/last with RUN/config.yaml, and takes no recipe options."""
-    from re2tal_cli.fileio import check_creatable
+    from re2tal_cli.train.loop import run_job
+    from re2tal_cli.train.recipe import Recipe
 
-    run = RunDir(check_creatable(out, directory=True))
-    if resume:
-        if recipe is not None or sets or epochs is not None or seed is not None or amp is not None:
-            raise BadInputError(
-                "a resumed run keeps its config.yaml: give no `recipe`, `sets`, `epochs`, `seed` or `amp`"
-            )
-        if backbone is not None or features is not None or frozen:
-            raise BadInputError(
-                "a resumed run keeps its source (config.yaml): give no `backbone`, `features`, `frozen`"
-            )
-        run.prepare(resume=True, force=False)
-        cfg = _resumed_recipe(run)
-    else:
-        cfg = new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp)
-    device = _device(device, cfg)
-    torch.manual_seed(cfg.seed)  # the localizer's initialisation (a resumed run loads its weights instead)
-    job = TALJob.build(cfg, device)  # every input checked: nothing is written before this returns
-    if not resume:
-        run.prepare(resume=False, force=force)
-        from re2tal_cli.train.recipe import dump_yaml
-
-        run.write_config(dump_yaml(cfg))
-    from re2tal_cli.train.loop import fit
-
-    return fit(job, run, resume, progress or (lambda task, done, total, info: None))
+    return run_job(
+        out,
+        kind=Recipe,
+        new_recipe=lambda: new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp),
+        build=TALJob.build,
+        device=device,
+        resume=resume,
+        force=force,
+        not_on_resume={
+            "data": data,
+            "backbone": backbone,
+            "arch": arch,
+            "frozen": frozen,
+            "features": features,
+            "recipe": recipe,
+            "sets": sets,
+            "epochs": epochs,
+            "seed": seed,
+            "amp": amp,
+        },  # fmt: skip
+        progress=progress,
+    )
 
 
 def new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, seed, amp) -> Recipe:
@@ -93,34 +91,15 @@ def new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, see
     shortcuts += [f"train.amp={amp}"] if amp is not None else []
     cfg = load_recipe(recipe or "synthetic", [*sets, *shortcuts])
     mode = Mode.FEATURES if features is not None else Mode.FROZEN if frozen else Mode.END_TO_END
-    cfg.source = replace(cfg.source, mode=mode, data=_absolute(data), backbone=_absolute(backbone), arch=arch,
-                         features=_absolute(features))  # fmt: skip
+    cfg.source = replace(cfg.source, mode=mode, data=absolute_path(data), backbone=absolute_path(backbone), arch=arch,
+                         features=absolute_path(features))  # fmt: skip
     return cfg
-
-
-def _absolute(path) -> str | None:
-    """Paths as absolute ones in config.yaml, so a run resumes and detects from any directory (hf:// stays)."""
-    if path is None or str(path).startswith("hf://"):
-        return None if path is None else str(path)
-    return str(Path(path).resolve())
 
 
 def _resumed_recipe(run: RunDir) -> Recipe:
     from re2tal_cli.train.recipe import read_yaml, recipe_from_mapping
 
     return recipe_from_mapping(read_yaml(run.config), where=str(run.config))
-
-
-def _device(device: str, cfg: Recipe) -> torch.device:
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise BadInputError(f"`device` {device!r} is not a device (cpu, cuda, cuda:1, …)") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise BadInputError(f"`device` {device}: CUDA is not available here; use cpu")
-    if cfg.train.amp is Amp.FP16 and parsed.type != "cuda":
-        raise BadRecipeError("train.amp fp16 needs CUDA; on CPU use bf16")
-    return parsed
 
 
 @dataclass
@@ -208,6 +187,9 @@ class TALJob:
         return self.model.backbone.residual_stages() if self.model.backbone is not None else []
 
     def before_update(self, step: int) -> dict[str, Any]:
+        return {}
+
+    def after_update(self) -> dict[str, Any]:
         return {}
 
     def describe(self) -> dict[str, Any]:

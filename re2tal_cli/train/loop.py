@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from re2tal_cli.errors import NumericalError
+from re2tal_cli.errors import BadInputError, BadRecipeError, NumericalError
 from re2tal_cli.train.run import Checkpoint, RunDir
 
 # (task, done, total, info): task is "epoch", "step" or "eval"
@@ -47,6 +47,9 @@ class Task(Protocol):
     def before_update(self, step: int) -> dict[str, Any]:
         """Called before the micro-steps of update `step` (0-based); returns fields for its step record."""
 
+    def after_update(self) -> dict[str, Any]:
+        """Called after each update; returns more fields for its step record."""
+
     def evaluate(self, run: RunDir, ema, epoch: int, step: int, progress: Progress) -> dict[str, Any]:
         """Evaluate (with the EMA weights when given), log and return the "eval" record."""
 
@@ -55,6 +58,55 @@ class Task(Protocol):
 
     def summary(self, run: RunDir, best: dict | None, seconds: float) -> dict[str, Any]:
         """The run's summary (also written to RUN/summary.json)."""
+
+
+def run_job(
+    out,
+    *,
+    kind: type,
+    new_recipe: Callable[[], Any],
+    build: Callable[[Any, torch.device], Task],
+    device: str,
+    resume: bool,
+    force: bool,
+    not_on_resume: dict[str, Any],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """A run from the command line's point of view: the output checked first; a new run's recipe (`new_recipe()`) or
+    a resumed run's RUN/config.yaml read as a `kind`; the job built (`build`: every input checked, so nothing is
+    written before it returns); the run directory prepared and the resolved recipe written; then `fit`.
+    `not_on_resume`: the options a resumed run refuses, by parameter name (a resumed run keeps its config.yaml)."""
+    from re2tal_cli.fileio import check_creatable
+    from re2tal_cli.train.recipe import dump_yaml, read_yaml, recipe_from_mapping
+
+    run = RunDir(check_creatable(out, directory=True))
+    if resume:
+        given = [f"`{name}`" for name, value in not_on_resume.items() if value not in (None, False, (), [])]
+        if given:
+            raise BadInputError(f"a resumed run keeps its config.yaml (recipe and source): give no {', '.join(given)}")
+        run.prepare(resume=True, force=False)
+        cfg = recipe_from_mapping(read_yaml(run.config), str(run.config), kind)
+    else:
+        cfg = new_recipe()
+    parsed = resolve_device(device, cfg.train.amp.value)
+    torch.manual_seed(cfg.seed)  # new parameters' initialisation (a resumed run loads its weights instead)
+    job = build(cfg, parsed)
+    if not resume:
+        run.prepare(resume=False, force=force)
+        run.write_config(dump_yaml(cfg))
+    return fit(job, run, resume, progress or (lambda task, done, total, info: None))
+
+
+def resolve_device(device: str, amp: str) -> torch.device:
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise BadInputError(f"`device` {device!r} is not a device (cpu, cuda, cuda:1, …)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"`device` {device}: CUDA is not available here; use cpu")
+    if amp == "fp16" and parsed.type != "cuda":
+        raise BadRecipeError("train.amp fp16 needs CUDA; on CPU use bf16")
+    return parsed
 
 
 def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, Any]:
@@ -117,6 +169,7 @@ def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, 
             now = time.perf_counter()
             record = {
                 "kind": "step", "epoch": epoch, "step": step, **values, **_learning_rates(optimizer), **fields,
+                **task.after_update(),
                 "grad_norm": grad_norm, "steps_per_s": 1.0 / max(now - tick, 1e-9),
                 "videos_per_s": train.batch_size * train.accumulate / max(now - tick, 1e-9),
                 "peak_memory_bytes": _peak_memory(device),

@@ -127,6 +127,13 @@ class RunDir:
         write_json_atomic(self.summary, summary, indent=2)
 
 
+def absolute_path(path) -> str | None:
+    """A path as an absolute one for config.yaml, so a run resumes and detects from any directory (hf:// stays)."""
+    if path is None or str(path).startswith("hf://"):
+        return None if path is None else str(path)
+    return str(Path(path).resolve())
+
+
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
