@@ -33,6 +33,7 @@ _API = {
     "evaluate": "re2tal_cli.evaluate",
     "memprofile": "re2tal_cli.memprofile",
     "train_tal": "re2tal_cli.train_tal",
+    "finetune": "re2tal_cli.finetune",
     "detect": "re2tal_cli.detect",
     "Coupling": "re2tal_cli.reversible",
     "Wiring": "re2tal_cli.reversible.wiring",

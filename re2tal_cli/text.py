@@ -5,7 +5,10 @@ from __future__ import annotations
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:
     """'1 class', '2 classes', '0 videos'."""
-    return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
+    if count == 1:
+        return f"{count} {singular}"
+    suffix = "es" if singular.endswith(("s", "x", "sh", "ch")) else "s"
+    return f"{count} {plural_form or singular + suffix}"
 
 
 def one_of(choices: list[str]) -> str:

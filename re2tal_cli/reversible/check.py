@@ -94,3 +94,35 @@ def check_reversibility(
         fallbacks=sum(s.guard.fallbacks for s in stages),
         backward_passes=sum(s.guard.backward_passes for s in stages),
     )
+
+
+@dataclass(frozen=True)
+class ErrorMap:
+    """Dr²Net's gradient error level (supplementary Fig. 3) over a grid of α (columns) and β (rows)."""
+
+    alphas: tuple[float, ...]
+    betas: tuple[float, ...]
+    levels: tuple[tuple[float, ...], ...]  # levels[i][j]: at β = betas[i], α = alphas[j]
+    input_shape: tuple[int, ...]
+    dtype: str
+
+
+def error_map(
+    model: nn.Module, video: torch.Tensor, grid: int, rtol: float = 1e-5, on_point=lambda done: None
+) -> ErrorMap:
+    """The gradient error level at every (α, β) of a `grid` × `grid` lattice, α in [0, 1] and β in [0.1, 1] (the
+    square of Dr²Net's map), with the guard off (tolerance ∞): the raw reversible gradients against autograd's.
+    `on_point(done)` is told after each point."""
+    alphas = [i / (grid - 1) for i in range(grid)]
+    betas = [0.1 + 0.9 * i / (grid - 1) for i in range(grid)]
+    levels = []
+    for b in betas:
+        row = []
+        for a in alphas:
+            row.append(check_reversibility(model, video, Coupling(a, b), tolerance=math.inf, rtol=rtol)
+                       .gradient_error_level)  # fmt: skip
+            on_point(len(levels) * grid + len(row))
+        levels.append(tuple(row))
+    return ErrorMap(
+        tuple(alphas), tuple(betas), tuple(levels), tuple(video.shape), str(video.dtype).removeprefix("torch.")
+    )
