@@ -328,7 +328,7 @@ class FinetuneRecipe:
         if not 0 < self.schedule.start_beta <= 1:
             raise BadRecipeError(f"recipe key schedule.start_beta must be in (0, 1], got {self.schedule.start_beta}")
         end = self.schedule.end_epoch
-        if end is not None and not 0 < end <= self.train.epochs:
+        if self.schedule.kind is ScheduleKind.DR2 and end is not None and not 0 < end <= self.train.epochs:
             raise BadRecipeError(f"recipe key schedule.end_epoch must be in (0, train.epochs], got {end}")
         if self.schedule.tolerance is not None and not self.schedule.tolerance > 0:
             raise BadRecipeError(f"recipe key schedule.tolerance must be positive, got {self.schedule.tolerance}")

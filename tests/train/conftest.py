@@ -49,7 +49,7 @@ def synth(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tal") / "synth"
     config = SynthConfig(videos=5, classes=2, size=32, min_action=1.0, max_action=6.0, actions_per_video=(1, 3),
-                         clips_per_class=1, test_fraction=0.4)  # fmt: skip
+                         clips_per_class=2, test_fraction=0.4)  # fmt: skip
     generate(root, config, workers=1)
     return root
 
@@ -89,3 +89,19 @@ def features_run(tmp_path_factory, synth, plain_backbone, recipe) -> tuple[Path,
     result = ok(invoke("train-tal", "--data", synth, "--features", root / "feats", "--recipe", recipe,
                        "--out", root / "run", "--json", "--set", "train.epochs=3"))  # fmt: skip
     return root / "run", json.loads(result.stdout)
+
+
+TINY_FINETUNE = """
+seed: 0
+data: {num_frames: 8, frame_stride: 2, size: 32}
+head: {new: true, label_smoothing: 0.1}
+schedule: {kind: dr2, start_beta: 0.1, update_every: 1, unit: iteration, end_epoch: 2}
+train: {epochs: 3, warmup_epochs: 1, batch_size: 2, lr: 1.0e-3}
+"""
+
+
+@pytest.fixture(scope="session")
+def finetune_recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "finetune.yaml"
+    path.write_text(TINY_FINETUNE)
+    return path
