@@ -7,9 +7,10 @@ import math
 import pytest
 
 from re2tal_cli.errors import BadRecipeError
-from re2tal_cli.train.recipe import RECIPES, dump_yaml, load_recipe, recipe_from_mapping
+from re2tal_cli.train.recipe import RECIPES, FinetuneRecipe, Recipe, dump_yaml, load_recipe, recipe_from_mapping
 
 SHIPPED = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+FINETUNE = sorted(p.stem for p in FinetuneRecipe.folder.glob("*.yaml"))
 
 
 def test_the_recipes_the_issue_asks_for_are_shipped():
@@ -24,11 +25,14 @@ def test_the_recipes_the_issue_asks_for_are_shipped():
     }
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_a_shipped_recipe_validates_round_trips_and_names_its_source(name):
-    recipe = load_recipe(name)
-    assert recipe_from_mapping(__import__("yaml").safe_load(dump_yaml(recipe))) == recipe
-    header = "".join(line for line in (RECIPES / f"{name}.yaml").read_text().splitlines(True) if line.startswith("#"))
+@pytest.mark.parametrize(
+    ("kind", "name"), [(Recipe, n) for n in SHIPPED] + [(FinetuneRecipe, n) for n in FINETUNE], ids=lambda v: str(v)
+)
+def test_a_shipped_recipe_validates_round_trips_and_names_its_source(kind, name):
+    recipe = load_recipe(name, kind=kind)
+    assert recipe_from_mapping(__import__("yaml").safe_load(dump_yaml(recipe)), kind=kind) == recipe
+    text = (kind.folder / f"{name}.yaml").read_text()
+    header = "".join(line for line in text.splitlines(True) if line.startswith("#"))
     assert "Source:" in header and ("Reported:" in header or "measured" in header)
     assert f"--recipe {name}" in header
 
@@ -53,6 +57,27 @@ def test_re2tal_anet_is_opentads_setting(name):
     post = r.model.actionformer.postprocess
     assert (post.sigma, post.max_segments, post.multiclass) == (0.7, 100, False)
     assert (r.eval.protocol.value, r.eval.ext_topk, r.eval.fusion.value) == ("anet", 2, "product")
+
+
+def test_finetune_recipes_are_the_papers_settings():
+    assert set(FINETUNE) >= {
+        "synthetic",
+        "re2tal-kinetics-swin3d-t",
+        "re2tal-kinetics-slowfast-r101",
+        "dr2net-ssv2-vit-b",
+    }
+    swin, slowfast = (load_recipe(f"re2tal-kinetics-{a}", kind=FinetuneRecipe) for a in ("swin3d-t", "slowfast-r101"))
+    assert (swin.train.optimizer.value, slowfast.train.optimizer.value) == ("adamw", "sgd")
+    assert swin.schedule.kind.value == slowfast.schedule.kind.value == "re2" and swin.train.epochs == 10
+    dr2 = load_recipe("dr2net-ssv2-vit-b", kind=FinetuneRecipe)
+    s = dr2.schedule
+    assert (s.kind.value, s.start_beta, s.update_every, s.unit.value, s.end_epoch) == ("dr2", 0.1, 2, "iteration", 5)
+    assert dr2.train.batch_size * dr2.train.accumulate == 384 and (dr2.train.lr, dr2.train.epochs) == (1e-3, 40)
+
+
+def test_a_train_tal_recipe_is_not_a_finetune_recipe():
+    with pytest.raises(BadRecipeError, match="unknown recipe key model"):
+        load_recipe(RECIPES / "synthetic.yaml", kind=FinetuneRecipe)
 
 
 def test_feature_recipes_are_actionformers_settings():
