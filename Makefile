@@ -31,7 +31,7 @@ demo: install
 	$(PY) scripts/make_checkpoint.py --arch r3d-tiny --out $(DEMO_OUT)/source.safetensors
 	$(VENV)/bin/re2tal rewire $(DEMO_OUT)/source.safetensors --out $(DEMO_OUT)/rw --check --force
 	$(VENV)/bin/re2tal train-tal --data $(DEMO_OUT)/data --backbone $(DEMO_OUT)/rw --out $(DEMO_OUT)/tal --epochs 10 --force
-	$(VENV)/bin/re2tal detect $(DEMO_OUT)/tal $(DEMO_OUT)/data/videos/synth_1.mp4 --plot $(DEMO_OUT)/timeline.png \
+	$(VENV)/bin/re2tal detect $(DEMO_OUT)/tal $(DEMO_OUT)/data/videos/synth_04.mp4 --plot $(DEMO_OUT)/timeline.png \
 		--gt $(DEMO_OUT)/data --top-k 10
 
 clean:

@@ -55,10 +55,9 @@ def detect(
         from re2tal_cli.plotting import check_plot_path
 
         check_plot_path(plot)
-    ground_truth = _ground_truth(gt, Path(video)) if gt is not None else None
-    run_dir = RunDir(run)
-    model, cfg, meta = model_from_run(run_dir, checkpoint)
     source = open_video(video)
+    ground_truth = _ground_truth(gt, Path(video)) if gt is not None else None
+    model, cfg, meta = model_from_run(RunDir(run), checkpoint)
     entry = VideoEntry(id=Path(video).stem, subset="-", duration=source.duration, fps=source.fps)
     device = torch.device(device)
     model.to(device)
