@@ -28,3 +28,12 @@ Arch = Annotated[
 Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
 Json = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (progress and warnings on stderr).")]
 Device = Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:1, …")]
+
+# the options of a training run (train-tal, finetune)
+Sets = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
+]
+Epochs = Annotated[int | None, typer.Option(metavar="N", help="Shortcut for --set train.epochs=N.")]
+Seed = Annotated[int | None, typer.Option(metavar="N", help="Shortcut for --set seed=N.")]
+Amp = Annotated[str | None, typer.Option(metavar="MODE", help="none, bf16 or fp16: shortcut for --set train.amp=MODE.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue RUN from its last complete checkpoint.")]

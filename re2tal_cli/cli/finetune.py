@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from re2tal_cli.cli._options import Arch, Device, Force, Json
+from re2tal_cli.cli._options import Amp, Arch, Device, Epochs, Force, Json, Resume, Seed, Sets
 
 NAME = "finetune"
 EPILOG = """Examples:
@@ -51,16 +51,12 @@ def main(
         str | None,
         typer.Option(metavar="NAME|FILE", help="A recipe of recipes/finetune/ or a YAML file (default: synthetic)."),
     ] = None,
-    sets: Annotated[
-        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(metavar="N", help="Shortcut for --set train.epochs=N.")] = None,
-    seed: Annotated[int | None, typer.Option(metavar="N", help="Shortcut for --set seed=N.")] = None,
+    sets: Sets = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
     device: Device = "cpu",
-    amp: Annotated[
-        str | None, typer.Option(metavar="MODE", help="none, bf16 or fp16: shortcut for --set train.amp=MODE.")
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue RUN from its last complete checkpoint.")] = False,
+    amp: Amp = None,
+    resume: Resume = False,
     force: Force = False,
     as_json: Json = False,
 ) -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +110,46 @@ def finetune_recipe(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("recipe") / "finetune.yaml"
     path.write_text(TINY_FINETUNE)
     return path
+
+
+TIMING = ("steps_per_s", "videos_per_s", "seconds", "peak_memory_bytes")
+
+
+def killed_and_resumed(args: list, epochs: int, tmp_path: Path) -> tuple[Path, Path]:
+    """`re2tal *args` run to the end into `whole`, and again into `killed`: SIGKILLed once its first checkpoint exists
+    (so during a later epoch of `epochs`), then resumed with `re2tal <command> --out killed --resume`. Subprocesses
+    on one thread each; returns (whole, killed)."""
+    script = Path(sys.executable).with_name("re2tal")
+    args = [str(a) for a in args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([script, *args, "--out", whole], check=True, capture_output=True, env=env, timeout=300)
+    proc = subprocess.Popen([script, *args, "--out", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)  # fmt: skip
+    first = killed / "checkpoints" / "last" / "meta.json"
+    deadline = time.monotonic() + 300
+    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads(first.read_text())["epoch"] < epochs, "the run ended before it could be killed"
+    resumed = subprocess.run([script, args[0], "--out", killed, "--resume", "--json"], capture_output=True, text=True,
+                             env=env, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    return whole, killed
+
+
+def metrics_without_timing(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+
+
+def same_last_checkpoint(a: Path, b: Path) -> bool:
+    return all((a / "checkpoints" / "last" / n).read_bytes() == (b / "checkpoints" / "last" / n).read_bytes()
+               for n in ("model.safetensors", "state.pt"))  # fmt: skip
+
+
+def records(run: Path, kind: str | None = None) -> list[dict]:
+    """RUN/metrics.jsonl's records, of one kind (step, epoch, eval) or all."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if kind is None or r["kind"] == kind]

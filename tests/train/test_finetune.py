@@ -4,25 +4,22 @@ backbone it writes, bad input; and `re2tal rewire --error-map`."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.conftest import invoke, ok, one_line_error
-
-TIMING = ("steps_per_s", "videos_per_s", "seconds", "peak_memory_bytes")
-
-
-def _records(run: Path, kind: str) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+from tests.train.conftest import (
+    invoke,
+    killed_and_resumed,
+    metrics_without_timing,
+    ok,
+    one_line_error,
+    records,
+    same_last_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +32,7 @@ def dr2_run(tmp_path_factory, synth, plain_backbone, finetune_recipe):
 
 def test_dr2_walks_the_diagonal_every_eta_updates_and_ends_reversible(dr2_run):
     run, summary = dr2_run
-    steps = _records(run, "step")
+    steps = records(run, "step")
     assert len(steps) == 3 * 2  # 4 training clips, batch 2: 2 updates per epoch
     # end_epoch 2 = 4 updates, η = 1: (1, 0.1) at update 0, a quarter of the way per update, (0, 1) from update 4
     ts = (0.0, 0.25, 0.5, 0.75, 1.0, 1.0)
@@ -43,9 +40,9 @@ def test_dr2_walks_the_diagonal_every_eta_updates_and_ends_reversible(dr2_run):
     assert [r["beta"] for r in steps] == pytest.approx([0.1 + 0.9 * t for t in ts])
     assert summary["final_coupling"] == {"alpha": 0.0, "beta": 1.0} and summary["schedule"] == "dr2"
     assert summary["fallbacks"] == 0 and summary["fully_reversible_from_step"] == 1
-    for record in _records(run, "epoch"):
+    for record in records(run, "epoch"):
         assert record["guard"]["backward_passes"] > 0
-    evals = _records(run, "eval")
+    evals = records(run, "eval")
     assert [e["epoch"] for e in evals] == [1, 2, 3] and all(0 <= e["top1"] <= e["top5"] <= 1 for e in evals)
     assert summary["final"]["top1"] == evals[-1]["top1"]
 
@@ -64,9 +61,9 @@ def test_the_coefficients_logged_are_the_ones_the_stages_ran_with(synth, plain_b
     run = tmp_path / "run"
     ok(invoke("finetune", plain_backbone, "--data", synth / "clips", "--recipe", finetune_recipe, "--out", run,
               "--set", "schedule.update_every=2"))  # fmt: skip
-    logged = [{(r["alpha"], r["beta"], "reversible")} for r in _records(run, "step")]
+    logged = [{(r["alpha"], r["beta"], "reversible")} for r in records(run, "step")]
     assert used == logged
-    assert [r["alpha"] for r in _records(run, "step")] == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.0, 0.0])
+    assert [r["alpha"] for r in records(run, "step")] == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.0, 0.0])
 
 
 @pytest.mark.parametrize(("schedule", "coupling", "passes"), [("re2", (0.0, 1.0), True), ("none", (1.0, 0.0), False)])
@@ -75,8 +72,8 @@ def test_re2_and_none_keep_their_coupling(schedule, coupling, passes, synth, pla
     summary = json.loads(ok(invoke("finetune", plain_backbone, "--data", synth / "clips", "--recipe",
                                    finetune_recipe, "--out", run, "--schedule", schedule, "--epochs", "1",
                                    "--json")).stdout)  # fmt: skip
-    assert {(r["alpha"], r["beta"]) for r in _records(run, "step")} == {coupling}
-    assert (_records(run, "epoch")[0]["guard"]["backward_passes"] > 0) == passes
+    assert {(r["alpha"], r["beta"]) for r in records(run, "step")} == {coupling}
+    assert (records(run, "epoch")[0]["guard"]["backward_passes"] > 0) == passes
     assert (summary["fully_reversible_from_step"] is not None) == passes
     config = json.loads((run / "backbone" / "config.json").read_text())
     assert (config["wiring"]["alpha"], config["wiring"]["beta"]) == coupling
@@ -99,34 +96,11 @@ def test_the_backbone_it_writes_is_read_by_the_other_commands(dr2_run, synth, tm
 
 
 def test_a_finetune_killed_and_resumed_ends_as_one_never_interrupted(synth, plain_backbone, finetune_recipe, tmp_path):
-    script = Path(sys.executable).with_name("re2tal")
-    args = ["finetune", str(plain_backbone), "--data", str(synth / "clips"), "--recipe", str(finetune_recipe),
-            "--epochs", "4", "--set", "data.mixup=0.4", "--set", "data.cutmix=1.0", "--json"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run([script, *args, "--out", whole], check=True, capture_output=True, env=env, timeout=300)
-    proc = subprocess.Popen([script, *args, "--out", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)  # fmt: skip
-    first = killed / "checkpoints" / "last" / "meta.json"
-    deadline = time.monotonic() + 300
-    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert json.loads(first.read_text())["epoch"] < 4, "the run ended before it could be killed"
-    resumed = subprocess.run([script, "finetune", "--out", killed, "--resume", "--json"], capture_output=True,
-                             text=True, env=env, timeout=300)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-
-    def lines(run):
-        return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in
-                (run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
-
-    assert lines(killed) == lines(whole)
-    for name in ("model.safetensors", "state.pt"):
-        assert (whole / "checkpoints" / "last" / name).read_bytes() == (
-            killed / "checkpoints" / "last" / name
-        ).read_bytes()
+    args = ["finetune", plain_backbone, "--data", synth / "clips", "--recipe", finetune_recipe, "--epochs", 4,
+            "--set", "data.mixup=0.4", "--set", "data.cutmix=1.0", "--json"]  # fmt: skip
+    whole, killed = killed_and_resumed(args, 4, tmp_path)
+    assert metrics_without_timing(killed) == metrics_without_timing(whole)
+    assert same_last_checkpoint(whole, killed)
     # compared as tensors: safetensors writes a file's metadata in an order of its own
     written = [load_file(run / "backbone" / "model.safetensors") for run in (whole, killed)]
     assert written[0].keys() == written[1].keys() and all(torch.equal(v, written[1][k]) for k, v in written[0].items())

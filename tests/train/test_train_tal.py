@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,14 +14,15 @@ from safetensors.torch import load_file
 
 from re2tal_cli.evaluate import evaluate
 from re2tal_cli.train.recipe import read_yaml, recipe_from_mapping
-from tests.train.conftest import invoke, ok, one_line_error
-
-TIMING = ("steps_per_s", "videos_per_s", "seconds", "peak_memory_bytes")
-
-
-def _records(run: Path, kind: str | None = None) -> list[dict]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if kind is None or r["kind"] == kind]
+from tests.train.conftest import (
+    invoke,
+    killed_and_resumed,
+    metrics_without_timing,
+    ok,
+    one_line_error,
+    records,
+    same_last_checkpoint,
+)
 
 
 def test_end_to_end_run_writes_a_complete_run_directory(end_to_end_run, synth, rewired):
@@ -39,18 +35,18 @@ def test_end_to_end_run_writes_a_complete_run_directory(end_to_end_run, synth, r
     config = recipe_from_mapping(read_yaml(run / "config.yaml"))  # every field written, and it reads back
     assert config.source.mode.value == "end_to_end" and config.source.backbone == str(rewired.resolve())
     assert config.train.epochs == 2 and config.backbone.drop_path == 0.1
-    steps = _records(run, "step")
+    steps = records(run, "step")
     assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and {s["epoch"] for s in steps} == {1, 2}
     for record in steps:
         assert math.isfinite(record["loss"]) and record["lr"] > 0 and record["backbone_lr"] > 0
         assert record["grad_norm"] > 0 and record["peak_memory_bytes"] > 0 and record["steps_per_s"] > 0
     assert steps[0]["lr"] < steps[-2]["lr"]  # warm-up over the first epoch
-    epochs = _records(run, "epoch")
+    epochs = records(run, "epoch")
     assert [e["epoch"] for e in epochs] == [1, 2]
     for record in epochs:  # the rewired backbone ran reversibly, every stage's guard passed
         assert record["guard"]["backward_passes"] > 0 and record["guard"]["fallbacks"] == 0
         assert record["guard"]["max_error"] < 1e-3
-    assert [e["epoch"] for e in _records(run, "eval")] == [1, 2]
+    assert [e["epoch"] for e in records(run, "eval")] == [1, 2]
     assert summary == json.loads((run / "summary.json").read_text())
     assert summary["mode"] == "end_to_end" and summary["final"]["epoch"] == 2
 
@@ -83,13 +79,13 @@ def test_end_to_end_trains_the_backbone_and_frozen_does_not(end_to_end_run, synt
               "--epochs", "1"))  # fmt: skip
     kept = load_file(frozen / "checkpoints" / "last" / "model.safetensors")
     assert all(torch.equal(kept[f"backbone.{k}"], v) for k, v in source.items())
-    assert _records(frozen, "epoch")[0]["guard"]["backward_passes"] == 0  # no backward through the backbone
+    assert records(frozen, "epoch")[0]["guard"]["backward_passes"] == 0  # no backward through the backbone
 
 
 def test_features_run_reads_stride_and_fps_from_the_features(features_run, synth):
     run, summary = features_run
     assert summary["mode"] == "features" and summary["final"]["epoch"] == 3
-    assert "backbone_lr" not in _records(run, "step")[0]
+    assert "backbone_lr" not in records(run, "step")[0]
     predictions = json.loads((run / "predictions.json").read_text())["results"]
     annotations = json.loads((synth / "annotations.json").read_text())["database"]
     for vid, detections in predictions.items():
@@ -106,35 +102,12 @@ def test_existing_run_is_refused_without_resume_or_force(end_to_end_run, synth, 
     assert (run / "metrics.jsonl").read_bytes() == before
 
 
-def _without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
-
-
 def test_a_run_killed_and_resumed_ends_as_one_never_interrupted(synth, rewired, recipe, tmp_path):
-    """SIGKILL during epoch 2 of 3, then --resume: the same metrics and weights, bit for bit (CPU, same seed)."""
-    script = Path(sys.executable).with_name("re2tal")
-    args = ["train-tal", "--data", str(synth), "--backbone", str(rewired), "--recipe", str(recipe), "--epochs", "3",
-            "--json"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run([script, *args, "--out", whole], check=True, capture_output=True, env=env, timeout=300)
-    proc = subprocess.Popen([script, *args, "--out", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)  # fmt: skip
-    first = killed / "checkpoints" / "last" / "meta.json"
-    deadline = time.monotonic() + 300
-    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    interrupted_at = json.loads(first.read_text())["epoch"]
-    assert interrupted_at < 3, "the run ended before it could be killed"
-    resumed = subprocess.run([script, "train-tal", "--out", killed, "--resume", "--json"], capture_output=True,
-                             text=True, env=env, timeout=300)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    assert _without_timing(_records(killed)) == _without_timing(_records(whole))
-    for name in ("model.safetensors", "state.pt"):
-        a = (whole / "checkpoints" / "last" / name).read_bytes()
-        assert a == (killed / "checkpoints" / "last" / name).read_bytes(), name
+    """SIGKILL during epoch 2 or 3 of 3, then --resume: the same metrics and weights, bit for bit (CPU, same seed)."""
+    args = ["train-tal", "--data", synth, "--backbone", rewired, "--recipe", recipe, "--epochs", 3, "--json"]
+    whole, killed = killed_and_resumed(args, 3, tmp_path)
+    assert metrics_without_timing(killed) == metrics_without_timing(whole)
+    assert same_last_checkpoint(whole, killed)
     whole_summary, resumed_summary = (json.loads((r / "summary.json").read_text()) for r in (whole, killed))
     assert all(whole_summary[k] == resumed_summary[k] for k in ("final", "best"))
 
