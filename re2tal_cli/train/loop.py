@@ -178,7 +178,7 @@ def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, 
             run.log(record)
             _scalars(writer, record, step)
             progress("step", step - (epoch - 1) * updates_per_epoch, updates_per_epoch,
-                     f"loss {values['loss']:.3f}  lr {record['lr']:.2e}")  # fmt: skip
+                     f"loss {values['loss']:.3f}  lr {record['lr']:.2e}  {record['steps_per_s']:.2f} it/s")  # fmt: skip
         epoch_record = {
             "kind": "epoch", "epoch": epoch, "step": step, **{k: v / max(seen, 1) for k, v in sums.items()},
             "seconds": time.perf_counter() - epoch_start, "guard": _guard_stats(stages),
