@@ -117,6 +117,7 @@ class FinetuneJob:
         from re2tal_cli.checkpoint import load_backbone
         from re2tal_cli.data.datasets import ClipDataset
         from re2tal_cli.data.transforms import Augment
+        from re2tal_cli.data.video import check_readable
 
         c = cfg.data
         overrides = {"frozen_bn": cfg.backbone.frozen_bn}
@@ -140,7 +141,7 @@ class FinetuneJob:
         for subset, dataset in ((c.train_subset, train_set), (c.val_subset, val_set)):
             if len(dataset) == 0:
                 raise BadDataError(f"{root}: no clips in subset {subset!r}")
-        _check_clips(root, train_set.samples + val_set.samples)
+        check_readable(root, {str(s.path): (s.path, None) for s in train_set.samples + val_set.samples}, "clip")
         model = _with_classifier(loaded, classes, cfg.head.new, cfg.source.checkpoint)
         from re2tal_cli import hub
 
@@ -248,13 +249,9 @@ class FinetuneJob:
         return record
 
     def describe(self) -> dict[str, Any]:
-        from re2tal_cli.train.recipe import to_mapping
+        from re2tal_cli.train.run import describe_backbone
 
-        stage = next(iter(self.model.residual_stages()), None)
-        wiring = None if stage is None else {"alpha": stage.coupling.alpha, "beta": stage.coupling.beta,
-                                             "execution": stage.execution.value}  # fmt: skip
-        return {"classes": self.classes, "arch": self.arch, "backbone_config": to_mapping(self.model.cfg),
-                "wiring": wiring}  # fmt: skip
+        return {"classes": self.classes, **describe_backbone(self.model, self.arch)}
 
     def summary(self, run: RunDir, best: dict | None, seconds: float) -> dict[str, Any]:
         records = run.read_metrics()
@@ -294,10 +291,9 @@ class FinetuneJob:
         model = copy.deepcopy(self.model).cpu()
         model.load_state_dict(saved.ema if saved.ema is not None else saved.model)
         stages = model.residual_stages()
-        described = saved.meta["model"]["wiring"]
         config = {
             "arch": self.arch,
-            "wiring": Wiring.from_json(described).to_json() if described else Wiring().to_json(),
+            "wiring": (Wiring.of(model) or Wiring()).to_json(),
             "stages": [{"index": i, "blocks": len(s.blocks)} for i, s in enumerate(stages)],
             "num_classes": len(self.classes),
             "classes": self.classes,
@@ -333,24 +329,6 @@ def _with_classifier(loaded, classes: list[str], new: bool, where: str):
     missing, unexpected = fresh.load_state_dict(kept, strict=False)
     assert not unexpected and all(k.startswith(("head.", "fc_norm.")) for k in missing), (missing, unexpected)
     return fresh
-
-
-def _check_clips(root, samples) -> None:
-    """Every clip present and readable (its index, no decoding), listed when not."""
-    from re2tal_cli.data.video import open_video
-
-    problems = []
-    for sample in samples:
-        if not Path(sample.path).exists():
-            problems.append(f"{sample.path} (missing)")
-            continue
-        try:
-            open_video(sample.path)
-        except BadDataError:
-            problems.append(f"{sample.path} (unreadable)")
-    if problems:
-        shown = ", ".join(problems[:5]) + (", …" if len(problems) > 5 else "")
-        raise BadDataError(f"{root}: {plural(len(problems), 'clip')} cannot be read: {shown}")
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

@@ -96,12 +96,6 @@ def new_recipe(data, backbone, arch, frozen, features, recipe, sets, epochs, see
     return cfg
 
 
-def _resumed_recipe(run: RunDir) -> Recipe:
-    from re2tal_cli.train.recipe import read_yaml, recipe_from_mapping
-
-    return recipe_from_mapping(read_yaml(run.config), where=str(run.config))
-
-
 @dataclass
 class TALJob:
     """A configured run: the model, its data, and the pieces of the loop, all checked."""
@@ -119,14 +113,15 @@ class TALJob:
 
     @classmethod
     def build(cls, cfg: Recipe, device: torch.device) -> TALJob:
-        from re2tal_cli.data.datasets import class_names, declared_classes
+        from re2tal_cli.data.datasets import class_names, declared_classes, load_annotations
         from re2tal_cli.train.data import subset_entries
 
         root = cfg.source.data
         if root is None or not Path(root).is_dir():
             raise BadDataError(f"{root}: no such dataset directory")
-        train_entries = subset_entries(root, cfg.data.train_subset)
-        val_entries = subset_entries(root, cfg.data.val_subset)
+        annotations = load_annotations(root)
+        train_entries = subset_entries(annotations, cfg.data.train_subset, root)
+        val_entries = subset_entries(annotations, cfg.data.val_subset, root)
         names = declared_classes(root) or class_names({e.id: e for e in train_entries})
         classes = ["action"] if cfg.data.class_agnostic else names
         _check_labels(root, train_entries + val_entries, names)
@@ -197,15 +192,9 @@ class TALJob:
         model = self.model
         described = {"classes": self.classes, "class_names": self.class_names, "channels": model.localizer.in_channels}
         if model.backbone is not None:
-            stages = model.backbone.residual_stages()
-            from re2tal_cli.train.recipe import to_mapping
+            from re2tal_cli.train.run import describe_backbone
 
-            described |= {
-                "arch": self.arch,
-                "backbone_config": to_mapping(model.backbone.cfg),
-                "wiring": None if not stages else {"alpha": stages[0].coupling.alpha, "beta": stages[0].coupling.beta,
-                                                   "execution": stages[0].execution.value},
-            }  # fmt: skip
+            described |= describe_backbone(model.backbone, self.arch)
         return described
 
     # --- evaluation ---------------------------------------------------------------------------------------
@@ -280,7 +269,7 @@ def model_from_run(run: RunDir, checkpoint: str = "best"):
 
     if not run.config.is_file():
         raise BadInputError(f"{run.root}: not a train-tal run (no config.yaml)")
-    cfg = _resumed_recipe(run)
+    cfg = run.read_recipe(Recipe)
     name = checkpoint if (run.checkpoints / checkpoint / "meta.json").is_file() else "last"
     saved = run.load_checkpoint(name, weights_only=True)
     described = saved.meta["model"]
@@ -361,7 +350,11 @@ def _frames_setup(cfg: Recipe, root, train_entries, val_entries, classes):
             f"recipe key data.num_frames ({cfg.data.num_frames}) must be a multiple of {unit} (the backbone's "
             f"temporal stride × the localizer's downsampling)"
         )
-    _check_media(root, train_entries + val_entries)
+    from re2tal_cli.data.datasets import find_media
+    from re2tal_cli.data.video import check_readable
+
+    media = {e.id: (find_media(root, e.id), e.fps) for e in train_entries + val_entries}
+    check_readable(root, media, "video", hint="; see `re2tal data info`")
     a = cfg.data.augment
     augment = Augment(cfg.data.size, a.crop_scale, a.flip, a.rotation, a.brightness, a.contrast, a.saturation, a.hue,
                       a.temporal_jitter)  # fmt: skip
@@ -401,26 +394,6 @@ def _check_labels(root, entries, names: list[str]) -> None:
     if unknown:
         shown = ", ".join(f"{label} ({vid})" for label, vid in unknown[:5]) + (", …" if len(unknown) > 5 else "")
         raise BadDataError(f"{root}: {plural(len(unknown), 'label')} not in the class list: {shown}")
-
-
-def _check_media(root, entries) -> None:
-    """Every video present and readable (its index, no decoding), listed when not."""
-    from re2tal_cli.data.datasets import find_media
-    from re2tal_cli.data.video import open_video
-
-    problems = []
-    for entry in entries:
-        media = find_media(root, entry.id)
-        if media is None:
-            problems.append(f"{entry.id} (missing)")
-            continue
-        try:
-            open_video(media, entry.fps)
-        except BadDataError:
-            problems.append(f"{entry.id} (unreadable)")
-    if problems:
-        shown = ", ".join(problems[:5]) + (", …" if len(problems) > 5 else "")
-        raise BadDataError(f"{root}: {plural(len(problems), 'video')} cannot be read: {shown}; see `re2tal data info`")
 
 
 def _read_external_scores(path, entries, names: list[str]) -> tuple[dict[str, list[float]], list[str]]:

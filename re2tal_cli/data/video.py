@@ -493,3 +493,22 @@ def open_video(
 
 
 ProgressCallback = Callable[[int], None]
+
+
+def check_readable(where, media: dict[str, tuple[Path | None, float | None]], what: str, hint: str = "") -> None:
+    """Every named video present (a path, not None) and opening with its fps (the index read, nothing decoded); one
+    `BadDataError` from `where` listing the first that are not, e.g. "2 videos cannot be read: a (missing), …"."""
+    from re2tal_cli.text import plural
+
+    problems = []
+    for name, (path, fps) in media.items():
+        if path is None or not Path(path).exists():
+            problems.append(f"{name} (missing)")
+            continue
+        try:
+            open_video(path, fps)
+        except BadDataError:
+            problems.append(f"{name} (unreadable)")
+    if problems:
+        shown = ", ".join(problems[:5]) + (", …" if len(problems) > 5 else "")
+        raise BadDataError(f"{where}: {plural(len(problems), what)} cannot be read: {shown}{hint}")

@@ -31,6 +31,15 @@ class Wiring:
         except IndexError as error:
             raise BadCheckpointError(str(error)) from None
 
+    @classmethod
+    def of(cls, model: VideoBackbone) -> Wiring | None:
+        """The wiring a model's residual stages run with now (its first stage's: every command wires them alike);
+        None for a model without residual stages."""
+        stage = next(iter(model.residual_stages()), None)
+        if stage is None:
+            return None
+        return cls(stage.coupling.alpha, stage.coupling.beta, stage.execution)
+
     def to_json(self) -> dict:
         return {
             **asdict(self),

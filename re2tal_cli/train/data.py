@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from re2tal_cli.data.datasets import VideoEntry, load_annotations
+from re2tal_cli.data.datasets import VideoEntry
 from re2tal_cli.data.sampling import random_crop
 from re2tal_cli.errors import BadDataError
 from re2tal_cli.fileio import read_json
@@ -189,11 +189,12 @@ def read_feature_index(features: str | os.PathLike) -> dict[str, Any]:
     return read_json(path)
 
 
-def subset_entries(data: str | os.PathLike, subset: str) -> list[VideoEntry]:
-    entries = [e for e in load_annotations(data).values() if e.subset == subset]
+def subset_entries(annotations: dict[str, VideoEntry], subset: str, where) -> list[VideoEntry]:
+    """The entries of one subset of `annotations` (read from `where`), which must have some."""
+    entries = [e for e in annotations.values() if e.subset == subset]
     if not entries:
-        present = sorted({e.subset for e in load_annotations(data).values()})
-        raise BadDataError(f"{data}: no videos in subset {subset!r} (subsets: {', '.join(present)})")
+        present = sorted({e.subset for e in annotations.values()})
+        raise BadDataError(f"{where}: no videos in subset {subset!r} (subsets: {', '.join(present)})")
     return entries
 
 

@@ -77,7 +77,7 @@ def run_job(
     written before it returns); the run directory prepared and the resolved recipe written; then `fit`.
     `not_on_resume`: the options a resumed run refuses, by parameter name (a resumed run keeps its config.yaml)."""
     from re2tal_cli.fileio import check_creatable
-    from re2tal_cli.train.recipe import dump_yaml, read_yaml, recipe_from_mapping
+    from re2tal_cli.train.recipe import dump_yaml
 
     run = RunDir(check_creatable(out, directory=True))
     if resume:
@@ -85,7 +85,7 @@ def run_job(
         if given:
             raise BadInputError(f"a resumed run keeps its config.yaml (recipe and source): give no {', '.join(given)}")
         run.prepare(resume=True, force=False)
-        cfg = recipe_from_mapping(read_yaml(run.config), str(run.config), kind)
+        cfg = run.read_recipe(kind)
     else:
         cfg = new_recipe()
     parsed = resolve_device(device, cfg.train.amp.value)
@@ -135,7 +135,7 @@ def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, 
         first_epoch, step, best = checkpoint.meta["epoch"] + 1, checkpoint.meta["step"], checkpoint.meta["best"]
         run.truncate_metrics(step, checkpoint.meta["epoch"])
     writer = _tensorboard(run)
-    autocast = _autocast(device, train.amp.value)
+    autocast = autocast_for(device, train.amp.value)
     start = time.perf_counter()
     last_eval = None
     for epoch in range(first_epoch, train.epochs + 1):
@@ -244,14 +244,10 @@ def _update(optimizer, scaler, clip_grad: float, run: RunDir, epoch: int, step: 
 
 def autocast_for(device: torch.device | str, amp: str) -> Callable:
     """A factory of the autocast context for `amp` (none, bf16, fp16) on `device`."""
-    return _autocast(torch.device(device), amp)
-
-
-def _autocast(device: torch.device, amp: str) -> Callable:
     if amp == "none":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    return lambda: torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def _peak_memory(device: torch.device) -> int:

@@ -69,6 +69,12 @@ class RunDir:
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def read_recipe(self, kind: type):
+        """config.yaml read back as a `kind` of recipe (resume, detect)."""
+        from re2tal_cli.train.recipe import read_yaml, recipe_from_mapping
+
+        return recipe_from_mapping(read_yaml(self.config), str(self.config), kind)
+
     def write_config(self, text: str) -> None:
         with atomic_path(self.config) as tmp:
             tmp.write_text(text, encoding="utf-8")
@@ -125,6 +131,16 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.summary, summary, indent=2)
+
+
+def describe_backbone(backbone, arch: str) -> dict[str, Any]:
+    """What a checkpoint's meta.json says of a run's backbone so that it can be rebuilt without its source: the
+    architecture, the family's config as trained, the wiring."""
+    from re2tal_cli.reversible.wiring import Wiring
+    from re2tal_cli.train.recipe import to_mapping
+
+    wiring = Wiring.of(backbone)
+    return {"arch": arch, "backbone_config": to_mapping(backbone.cfg), "wiring": wiring and wiring.to_json()}
 
 
 def absolute_path(path) -> str | None:
