@@ -30,6 +30,7 @@ def memprofile(
     optimizer: str = "adamw",
     drop_path: float = 0.1,
     head: str = "none",
+    outside: str | None = None,
     gpu: str | None = None,
     gpu_mem: float | None = None,
     device: str | None = None,
@@ -42,7 +43,8 @@ def memprofile(
     """The memory report of one training configuration (every wiring of `wiring`), or with `sweep` the series of
     estimates along depth, frames or size (with `plot`: its figure). Everything is checked before any estimate.
 
-    `frames`/`size` default to the arch's pretraining input; `device` to cuda, or cpu for a measurement without
+    `outside` (keep or recompute): what checkpoint and reversible steps keep of the layers outside the residual
+    stages (default: recompute; plain keeps everything). `frames`/`size` default to the arch's pretraining input; `device` to cuda, or cpu for a measurement without
     CUDA. `largest` ("frames" or "batch", needs a GPU): the largest value that fits. `progress(done, total, what)`
     is told as estimates and measurements complete. The report's keys: config, gpu, wirings (or the sweep's)."""
     from re2tal_cli.memory import gpus
@@ -85,6 +87,7 @@ def memprofile(
         drop_path,
         device,
         head_name,
+        outside,
     )
     gpu_json = None if target is None else {"name": target.name, "usable_bytes": target.usable_bytes}
     notify = progress or (lambda done, total, what: None)
@@ -124,7 +127,11 @@ def _profile(base, wirings, target, measure: bool, largest: str | None, notify: 
             check_measurable(e.total_peak, e.config.device)
     rows = []
     for k, (config, e) in enumerate(zip(configs, estimates, strict=True)):
-        row: dict[str, Any] = {"wiring": config.wiring.value, "estimate": e.to_json()}
+        row: dict[str, Any] = {
+            "wiring": config.wiring.value,
+            "outside": config.backbone_wiring.outside.value,
+            "estimate": e.to_json(),
+        }
         if target is not None:
             v = gpus.verdict(e.total_peak, target)
             row["gpu"] = {"verdict": v.label, "headroom_bytes": v.headroom, "usable_bytes": v.usable}

@@ -47,6 +47,14 @@ def main(
             help="Localizer trained on the features: none or actionformer (THUMOS-14 config, end to end).",
         ),
     ] = "none",
+    outside: Annotated[
+        str | None,
+        typer.Option(
+            metavar="WHAT",
+            help="keep or recompute: what checkpoint and reversible steps keep of the layers outside the residual "
+            "stages (stems, first blocks, fusions, patch merging). Default: recompute.",
+        ),
+    ] = None,
     gpu: Annotated[
         str | None, typer.Option(metavar="NAME", help="GPU from the catalogue (docs/memprofile.md), e.g. a100-40gb.")
     ] = None,
@@ -90,6 +98,7 @@ def main(
             optimizer=optimizer,
             drop_path=drop_path,
             head=head,
+            outside=outside,
             gpu=gpu,
             gpu_mem=gpu_mem,
             device=device,

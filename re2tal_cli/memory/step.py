@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -22,7 +22,8 @@ from torch import nn
 from re2tal_cli.errors import BadInputError
 from re2tal_cli.memory.head_loss import HeadName, create_head
 from re2tal_cli.models import VideoBackbone, get_arch
-from re2tal_cli.reversible.wiring import WiringName
+from re2tal_cli.reversible.recompute import Outside
+from re2tal_cli.reversible.wiring import Wiring, WiringName
 
 WIRINGS = tuple(WiringName)
 
@@ -52,6 +53,7 @@ class StepConfig:
     drop_path: float = 0.1  # stochastic depth of the backbone, as in finetuning recipes (it changes what is kept)
     device: str = "cuda"  # where the step runs; the estimate models this device's allocator and optimizer kernels
     head: HeadName | None = None  # the localizer trained on the backbone's features (None: the backbone alone)
+    outside: Outside | None = None  # checkpoint and reversible wirings: the layers outside the stages (None: recompute)
 
     def __post_init__(self):
         for name in ("frames", "size", "batch"):
@@ -65,14 +67,25 @@ class StepConfig:
         object.__setattr__(self, "optimizer", _enum(OptimizerName, self.optimizer, "optimizer"))
         if self.head is not None:
             object.__setattr__(self, "head", _enum(HeadName, self.head, "head"))
+        if self.outside is not None:
+            object.__setattr__(self, "outside", _enum(Outside, self.outside, "outside"))
         if self.device not in ("cpu", "cuda"):
             raise BadInputError(f"`device` must be cpu or cuda, got {self.device!r}")
         if self.amp is Amp.FP16 and self.device == "cpu":
             raise BadInputError("`amp` fp16 needs CUDA; on CPU use bf16")
         get_arch(self.arch)  # raises UnknownNameError with suggestions
 
+    @property
+    def backbone_wiring(self) -> Wiring:
+        """The wiring the backbone runs with: `wiring`'s, with `outside` for a wiring other than plain."""
+        wiring = self.wiring.wiring
+        if self.outside is None or self.wiring is WiringName.PLAIN:
+            return wiring
+        return replace(wiring, outside=self.outside)
+
     def to_json(self) -> dict:
-        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
+        data = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
+        return data | {"outside": self.backbone_wiring.outside.value}
 
     @classmethod
     def from_json(cls, data: dict) -> StepConfig:
@@ -113,7 +126,7 @@ def build_model(config: StepConfig) -> tuple[VideoBackbone, nn.Module | None]:
     """The backbone (wired as `config.wiring`) and the head of `config.head`, in training mode, on the current
     default device."""
     backbone = get_arch(config.arch).create(num_classes=0, drop_path=config.drop_path)
-    config.wiring.wiring.apply(backbone)
+    config.backbone_wiring.apply(backbone)
     head = create_head(config.head, backbone.out_channels).train() if config.head is not None else None
     return backbone.train(), head
 

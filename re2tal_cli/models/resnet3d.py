@@ -30,6 +30,7 @@ from re2tal_cli.models.resnet_blocks import (
     ResLayer,
     Stem,
     freeze_batchnorm,
+    time_locality,
     unknown_layout,
     with_num_batches_tracked,
 )
@@ -95,9 +96,9 @@ class ResNet3d(VideoBackbone):
 
     def feature_maps(self, video: torch.Tensor) -> torch.Tensor:
         self.check_input(video)
-        x = self.stem(video)
+        x = self.run_outside(self.stem, video, locality=time_locality(self.stem))
         for k in range(len(self.cfg.layers)):
-            x = self.get_submodule(f"layer{k + 1}")(x)
+            x = self.get_submodule(f"layer{k + 1}")(x, self.run_outside)
         return x  # (B, C, T / temporal_stride, H/16 or H/32, …)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

@@ -17,14 +17,16 @@ checkpoint keys do not depend on the wiring.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _triple
 
 from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models.layers import DropPath
+from re2tal_cli.reversible.pieces import TimeLocality
 from re2tal_cli.reversible.stage import ResidualStage
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "TemporalShift",
     "conv3d",
     "freeze_batchnorm",
+    "temporal_reach",
+    "time_locality",
     "unknown_layout",
     "with_num_batches_tracked",
 ]
@@ -113,6 +117,28 @@ class Conv2Plus1d(nn.Module):
         return self.temporal(F.relu(self.bn(self.spatial(x))))
 
 
+def temporal_reach(module: nn.Module) -> int | None:
+    """Frames on each side of t that output frame t of `module` reads, for layers that keep time ("same" temporal
+    padding, no temporal stride): the sum of its convolutions', pools' and shifts' temporal reaches (serial layers add
+    up; counting a parallel one too only widens the halo). None when one of them strides or pads otherwise in time."""
+    reach = 0
+    for m in module.modules():
+        if isinstance(m, TemporalShift):
+            reach += 1
+        elif isinstance(m, (nn.Conv3d, nn.MaxPool3d, nn.AvgPool3d)):
+            kernel, stride, padding = (_triple(v)[0] for v in (m.kernel_size, m.stride, m.padding))
+            if stride != 1 or padding != kernel // 2:
+                return None
+            reach += kernel // 2
+    return reach
+
+
+def time_locality(module: nn.Module) -> TimeLocality | None:
+    """The `TimeLocality` of a layer on (B, C, T, H, W) that keeps time, if it is local (`temporal_reach`)."""
+    reach = temporal_reach(module)
+    return None if reach is None else TimeLocality.same(2, reach)
+
+
 class ResidualBlock(nn.Module):
     """A ResNet block: `body` (subclasses), optional projection `shortcut`, optional TSM `shift` before the body.
 
@@ -129,6 +155,11 @@ class ResidualBlock(nn.Module):
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def time_locality(self) -> TimeLocality | None:
+        """How far in time F reaches (a residual stage recomputes it in pieces of time when BatchNorm is frozen)."""
+        return time_locality(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.drop_path(self.body(x if self.shift is None else self.shift(x)))
@@ -213,9 +244,17 @@ class ResLayer(nn.Module):
             self.add_module(str(i), block)
         self.stage = ResidualStage(list(blocks[1:])) if len(blocks) > 1 else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._modules["0"](x)
+    @property
+    def first(self) -> ResidualBlock:
+        return self._modules["0"]
+
+    def rest(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stage of blocks 1 … n-1 (nothing for a single-block stage)."""
         return x if self.stage is None else self.stage(x)
+
+    def forward(self, x: torch.Tensor, outside: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """`outside` calls the first block (the backbone's `run_outside`: it is not part of the residual stage)."""
+        return self.rest(outside(self.first, x, locality=self.first.time_locality))
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +38,12 @@ from re2tal_cli.models.resnet_blocks import (
     Stem,
     conv3d,
     freeze_batchnorm,
+    temporal_reach,
+    time_locality,
     unknown_layout,
     with_num_batches_tracked,
 )
+from re2tal_cli.reversible.pieces import TimeLocality
 
 __all__ = ["SlowFast", "SlowFastConfig", "convert_slowfast"]
 
@@ -84,6 +88,10 @@ class Pathway(nn.Module):
         self.out_channels = cin
         self.num_stages = len(layers)
 
+    def layer(self, k: int) -> ResLayer:
+        """Stage k (0-based: res2 is 0), the submodule `layer{k+1}`."""
+        return self.get_submodule(f"layer{k + 1}")
+
 
 class Fusion(nn.Module):
     """Fast → slow lateral connection: conv (fusion_kernel × 1 × 1, temporal stride α) (→ BN → ReLU)."""
@@ -93,6 +101,11 @@ class Fusion(nn.Module):
         cout = cin * cfg.fusion_ratio
         self.conv = conv3d(cin, cout, (cfg.fusion_kernel, 1, 1), (cfg.alpha, 1, 1))
         self.bn = nn.BatchNorm3d(cout) if cfg.lateral_norm else None
+
+    @property
+    def reach(self) -> int:
+        """Fast frames on each side of its window that an output frame reads."""
+        return self.conv.kernel_size[0] // 2
 
     def forward(self, fast: torch.Tensor) -> torch.Tensor:
         x = self.conv(fast)
@@ -131,13 +144,35 @@ class SlowFast(VideoBackbone):
     def pathways(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, T, H, W) → slow (B, C_slow, T/α, H/32, W/32) and fast (B, C_fast, T, H/32, W/32) final maps."""
         self.check_input(video)
-        slow = self.slow.stem(video[:, :, :: self.cfg.alpha])
-        fast = self.fast.stem(video)
+        alpha = self.cfg.alpha
+        slow = self.run_outside(
+            self._slow_stem, video, modules=[self.slow.stem], locality=TimeLocality((2,), 2, 0, (alpha,), alpha)
+        )
+        fast = self.run_outside(self.fast.stem, video, locality=time_locality(self.fast.stem))
         for k in range(self.slow.num_stages):
-            slow = torch.cat([slow, self.fuse[k](fast)], dim=1)  # fused fast features appended to slow channels
-            slow = self.slow.get_submodule(f"layer{k + 1}")(slow)
-            fast = self.fast.get_submodule(f"layer{k + 1}")(fast)
+            slow_layer, fast_layer = self.slow.layer(k), self.fast.layer(k)
+            reach = temporal_reach(slow_layer.first)  # in slow frames, and the fusion's in fast frames:
+            fused = (
+                None if reach is None else TimeLocality((2, 2), 2, reach - (-self.fuse[k].reach // alpha), (1, alpha))
+            )
+            slow = self.run_outside(
+                partial(self._fused_first_block, k),
+                slow,
+                fast,
+                modules=(slow_layer.first, self.fuse[k]),
+                locality=fused,
+            )
+            fast = self.run_outside(fast_layer.first, fast, locality=time_locality(fast_layer.first))
+            slow, fast = slow_layer.rest(slow), fast_layer.rest(fast)
         return slow, fast
+
+    def _slow_stem(self, video: torch.Tensor) -> torch.Tensor:
+        return self.slow.stem(video[:, :, :: self.cfg.alpha])
+
+    def _fused_first_block(self, k: int, slow: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
+        """Stage k's first slow block on the slow features with the fused fast features appended to their channels
+        (one layer outside the stages, so a recompute keeps `slow` and `fast`, not their concatenation)."""
+        return self.slow.layer(k).first(torch.cat([slow, self.fuse[k](fast)], dim=1))
 
     def feature_maps(self, video: torch.Tensor) -> torch.Tensor:
         slow, fast = self.pathways(video)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -35,6 +35,7 @@ from re2tal_cli.models.swin_attention import (
     relative_position_index,
     window_and_shift,
 )
+from re2tal_cli.reversible.pieces import TimeLocality
 from re2tal_cli.reversible.stage import ResidualStage
 
 __all__ = ["Swin3dConfig", "SwinTransformer3d", "convert_swin3d"]
@@ -83,6 +84,15 @@ class WindowAttentionBlock(nn.Module):
     def extra_repr(self) -> str:
         return f"heads={self.heads}, window={self.window}, shift={self.shift}"
 
+    @property
+    def time_locality(self) -> TimeLocality:
+        """Windows are independent: a piece of whole windows along D is recomputed exactly from its own tokens. Its
+        edges need a halo where a piece's own padding and shift regions differ from the whole input's: the last
+        window of a piece (pieces at least a window long), and with a shift the first half window and the last
+        window and a half."""
+        w = self.window[0]
+        return TimeLocality.same(1, halo=2 * w if self.shift[0] else 0, align=w, min_frames=w)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, d, h, w, c = x.shape
         window, shift = window_and_shift((d, h, w), self.window, self.shift)
@@ -106,7 +116,7 @@ class WindowAttentionBlock(nn.Module):
 class MlpBlock(nn.Module):
     """F = drop_path(dropout(fc2(dropout(gelu(fc1(norm(x))))))) on (..., C)."""
 
-    token_wise_dim = 1  # acts on each token alone: the reversible backward may recompute it a slice of D at a time
+    time_locality = TimeLocality.same(1)  # each token alone: the reversible backward may recompute it in pieces
 
     def __init__(self, dim: int, cfg: Swin3dConfig, drop_path: float):
         super().__init__()
@@ -161,9 +171,10 @@ class Stage(nn.Module):
         self.stage = ResidualStage([branch for block in self.blocks for branch in (block.attn, block.mlp)])
         self.downsample = PatchMerging(dim, cfg) if merge else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, outside: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """`outside` calls the patch merging (the backbone's `run_outside`: it is not part of the residual stage)."""
         x = self.stage(x)
-        return x if self.downsample is None else self.downsample(x)
+        return x if self.downsample is None else outside(self.downsample, x, locality=TimeLocality.same(1))
 
 
 class PatchEmbed3d(nn.Module):
@@ -215,10 +226,15 @@ class SwinTransformer3d(VideoBackbone):
     def tokens(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) → normalised last-stage tokens (B, T', H', W', C)."""
         self.check_input(video)
-        x = self.pos_drop(self.patch_embed(video))
+        t = self.cfg.patch_size[0]  # frames per token
+        embed = TimeLocality((2,), 1, scales=(t,))
+        x = self.run_outside(self._embed, video, modules=[self.patch_embed, self.pos_drop], locality=embed)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, self.run_outside)
         return self.norm(x)
+
+    def _embed(self, video: torch.Tensor) -> torch.Tensor:
+        return self.pos_drop(self.patch_embed(video))
 
     def feature_maps(self, video: torch.Tensor) -> torch.Tensor:
         return self.tokens(video).permute(0, 4, 1, 2, 3)  # (B, C, T', H', W')

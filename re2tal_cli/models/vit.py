@@ -21,6 +21,7 @@ from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.models.layers import DropPath, drop_path_rates
 from re2tal_cli.models.layouts import Rule, rename_keys
 from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, list_archs, register_config_reader, register_family
+from re2tal_cli.reversible.pieces import TimeLocality
 from re2tal_cli.reversible.stage import ResidualStage
 
 __all__ = ["ViTConfig", "VideoViT"]
@@ -71,7 +72,7 @@ class AttentionBlock(nn.Module):
 class MlpBlock(nn.Module):
     """F = drop_path(dropout(fc2(gelu(fc1(norm(x))))))."""
 
-    token_wise_dim = 1  # acts on each token alone: the reversible backward may recompute it a chunk of tokens at a time
+    time_locality = TimeLocality.same(1)  # each token alone: the reversible backward may recompute it in pieces
 
     def __init__(self, cfg: ViTConfig, drop_path: float):
         super().__init__()
@@ -121,10 +122,12 @@ class VideoViT(VideoBackbone):
     def tokens(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) → (B, N, dim), N = T/tubelet · H/patch · W/patch, tokens in (t, h, w) order."""
         self.check_input(video)
-        x = self.patch_embed(video).flatten(2).transpose(1, 2)  # (B, N, dim)
-        x = x + self._positions(x.shape[1], x.device, x.dtype)
-        x = self.stage(x)
+        x = self.stage(self.run_outside(self._embed, video, modules=[self.patch_embed]))
         return x if self.norm is None else self.norm(x)
+
+    def _embed(self, video: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(video).flatten(2).transpose(1, 2)  # (B, N, dim)
+        return x + self._positions(x.shape[1], x.device, x.dtype)
 
     def feature_maps(self, video: torch.Tensor) -> torch.Tensor:
         b, _, t, h, w = video.shape

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from re2tal_cli.reversible.recompute import default_outside
 from re2tal_cli.reversible.stage import Coupling, Execution, ResidualStage
 
 
@@ -55,9 +56,10 @@ class CheckReport:
 def check_reversibility(
     model: nn.Module, video: torch.Tensor, coupling: Coupling, tolerance: float | None = None, rtol: float = 1e-5
 ) -> CheckReport:
-    """One training step (train mode: dropout and drop-path active) with ordinary autograd and one reversible, on a
-    copy of `model` on the video's device and dtype (its weights and BatchNorm statistics are left untouched), with
-    identical random draws: the CPU generator and the video's device's generator start from the same state."""
+    """One training step (train mode: dropout and drop-path active) with ordinary autograd and one reversible (a
+    backbone's layers outside the stages recomputed, as a reversible wiring runs them), on a copy of `model` on the
+    video's device and dtype (its weights and BatchNorm statistics are left untouched), with identical random draws:
+    the CPU generator and the video's device's generator start from the same state."""
     model = copy.deepcopy(model).to(device=video.device, dtype=video.dtype).train()
     stages = [m for m in model.modules() if isinstance(m, ResidualStage)]
     video = video.detach().requires_grad_(True)
@@ -70,6 +72,8 @@ def check_reversibility(
         for stage in stages:
             stage.set_wiring(coupling, execution, tolerance)
             stage.guard.reset()
+        if hasattr(model, "outside"):  # a backbone: the layers outside its stages kept, then recomputed
+            model.outside = default_outside(execution)
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(generator_state)
             for device, state in zip(devices, device_states, strict=True):

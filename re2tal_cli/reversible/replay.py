@@ -60,19 +60,24 @@ class AutocastState:
 
 
 @contextlib.contextmanager
-def running_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """BatchNorm layers in training mode normalise with batch statistics but do not update their running statistics.
+def running_stats_frozen(*modules: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in training mode normalise with batch statistics; their running statistics stay as they are.
 
-    The forward pass already updated them once; a recompute must not do it again. Turning `track_running_stats` off
-    while training makes `_BatchNorm.forward` pass no running buffers to `batch_norm` (and skip `num_batches_tracked`),
-    which is exactly "use batch statistics, update nothing".
+    The forward pass already updated them once; a recompute must not do it again. Momentum 0 makes the update keep
+    the running values exactly ((1 − 0)·r + 0·batch = r), and the batch counter is put back. Switching the update
+    off instead (`track_running_stats`) would change what `batch_norm` saves for its backward, which torch's
+    checkpoint checks against the forward's; restoring the buffers afterwards would modify tensors the recompute's
+    graph saved.
     """
-    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    saved = [m.track_running_stats for m in layers]
+    batchnorm = nn.modules.batchnorm._BatchNorm
+    layers = [m for module in modules for m in module.modules() if isinstance(m, batchnorm) and m.training]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in layers]
     for m in layers:
-        m.track_running_stats = False
+        m.momentum = 0.0
     try:
         yield
     finally:
-        for m, flag in zip(layers, saved, strict=True):
-            m.track_running_stats = flag
+        for m, (momentum, batches) in zip(layers, saved, strict=True):
+            m.momentum = momentum
+            if batches is not None:
+                m.num_batches_tracked.copy_(batches)

@@ -28,12 +28,15 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from re2tal_cli.reversible.guard import DEFAULT_TOLERANCE, REDUCED_PRECISION_TOLERANCE, GuardStats
+from re2tal_cli.reversible.pieces import TimeLocality, split_ok, time_pieces
+from re2tal_cli.reversible.recompute import recomputed
+from re2tal_cli.reversible.remake import keep, kept_one, mark
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
 
 
@@ -126,19 +129,20 @@ class ResidualStage(nn.Module):
         if self.coupling.is_residual:
             h = a
             for f in self._blocks:
-                h = _checkpoint(_residual_step, f, h) if checkpointed else _residual_step(f, h)
+                h = recomputed(_residual_step, f, h, modules=[f]) if checkpointed else _residual_step(f, h)
             return h
         x, y = a, beta * a
         for f in self._blocks:
-            x, y = _checkpoint(_dual_step, f, x, y, alpha, beta) if checkpointed else _dual_step(f, x, y, alpha, beta)
+            step = (f, x, y, alpha, beta)
+            x, y = recomputed(_dual_step, *step, modules=[f]) if checkpointed else _dual_step(*step)
         return (x + y) / (1 + beta)
 
-    def default_tolerance(self, a: torch.Tensor, autocast: AutocastState) -> float:
+    def default_tolerance(self, dtype: torch.dtype, autocast: AutocastState) -> float:
         if self.tolerance is not None:
             return self.tolerance
         if autocast.enabled and autocast.dtype in (torch.float16, torch.bfloat16):
             return REDUCED_PRECISION_TOLERANCE
-        return DEFAULT_TOLERANCE.get(a.dtype, REDUCED_PRECISION_TOLERANCE)
+        return DEFAULT_TOLERANCE.get(dtype, REDUCED_PRECISION_TOLERANCE)
 
 
 def _residual_step(f: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -158,10 +162,6 @@ def _scaled(t: torch.Tensor, c: float) -> torch.Tensor:
     return t if c == 1.0 else t * c
 
 
-def _checkpoint(step, *args):
-    return torch.utils.checkpoint.checkpoint(step, *args, use_reentrant=False)
-
-
 class _ReversibleStageFunction(torch.autograd.Function):
     """Forward without a graph; backward rebuilds each block's input from its output (minREV's shape, one Function
     for every backbone family: it calls the blocks, never looks inside them)."""
@@ -177,26 +177,42 @@ class _ReversibleStageFunction(torch.autograd.Function):
         for f in stage.blocks:
             ctx.rng.append(RngState.capture(a.device) if training else None)
             x, y = _dual_step(f, x, y, alpha, beta)
-        out = torch.add(x, y).div_(1 + beta)
-        ctx.save_for_backward(a)  # the stage input: the guard's reference and the fallback's starting point
-        # The last pair is dead once the first block is inverted (the fallback starts from `a`), so it is held where
-        # the backward can drop it early rather than in save_for_backward, which keeps it to the end of the backward:
-        # two stage-sized tensors off the step's peak, at the price of saved-tensor hooks not seeing them.
+        out = _output(x, y, beta)
+        # The stage input (the guard's reference, the fallback's start) is kept, or how to make it again if the
+        # layer before can (remake.py). The last pair is dead once the first block is inverted, so it is held where
+        # the backward can drop it early rather than in save_for_backward, which keeps it to the end of the backward
+        # (at the price of saved-tensor hooks not seeing it). The output is not kept: the pair makes it again.
+        keep(ctx, [a])
+        ctx.input_dtype = a.dtype
         ctx.last_pair = [x, y]
-        return out
+        return mark(out, partial(_remade_output, ctx))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         stage: ResidualStage = ctx.stage
-        (a,) = ctx.saved_tensors
+        tolerance = stage.default_tolerance(ctx.input_dtype, ctx.autocast)
         pair, ctx.last_pair = ctx.last_pair, None
         if pair is not None:  # (None: a second backward through a retained graph; the first one freed the pair)
-            grads, error = _reversible_walk(ctx, pair, grad_out, a)
-            if stage.guard.accept(error, stage.default_tolerance(a, ctx.autocast)):
+            grads, error = _reversible_walk(ctx, pair, grad_out)
+            if stage.guard.accept(error, tolerance):
                 return (None, *grads)
             del grads
-        return (None, *_exact_walk(ctx, a, grad_out))
+        return (None, *_exact_walk(ctx, kept_one(ctx, 0), grad_out))
+
+
+def _output(x: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """out = (xₙ + yₙ)/(1+β): the forward's and the remake's, one definition (the same bits)."""
+    return torch.add(x, y).div_(1 + beta)
+
+
+def _remade_output(ctx) -> torch.Tensor:
+    """The stage's output again, for the next layer's backward: from the last pair, or — once this stage's backward
+    has freed it (a second backward through a retained graph) — by running the stage again from its input."""
+    beta = ctx.coupling.beta
+    if ctx.last_pair is not None:
+        return _output(*ctx.last_pair, beta)
+    return _output(*_replayed_forward(ctx, kept_one(ctx, 0))[1], beta)
 
 
 # The backward, step by step. Per block i, from xᵢ = Fᵢ(xᵢ₋₁) + yᵢ₋₁ + α·xᵢ₋₁ and yᵢ = β·xᵢ₋₁:
@@ -212,7 +228,7 @@ class _ReversibleStageFunction(torch.autograd.Function):
 # they are dead (arguments that a step consumes come in a list it empties), and gradients are updated in place.
 
 
-def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor, a: torch.Tensor):
+def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor):
     """Blocks n…1 from the last pair [xₙ, yₙ] (emptied: the pair is freed as soon as it is inverted): each block's
     input by inversion, then its gradient. Returns the gradients for (a, *params) and the reconstruction error of
     (x₀, y₀) against the kept (a, β·a), relative to max|a|, as a 0-d tensor (the guard reads it)."""
@@ -224,7 +240,7 @@ def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor, a: torch.Tensor):
         y = pair.pop()
         x_prev = y if beta == 1.0 else y / beta  # xᵢ₋₁ = yᵢ / β  (at β=1, yᵢ *is* xᵢ₋₁)
         del y
-        y_prev, grad_in = _block_backward(ctx, i, x_prev, gx, gy, grads, x_next=pair, kept_input=a if i == 0 else None)
+        y_prev, grad_in = _block_backward(ctx, i, x_prev, gx, gy, grads, x_next=pair, check_input=i == 0)
         if i == 0:
             error, y_prev = y_prev, None  # block 0 returned the reconstruction error in place of y₀
         gx, gy = _input_gradients(ctx, grad_in, gx, gy)
@@ -235,7 +251,7 @@ def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor, a: torch.Tensor):
 def _exact_walk(ctx, a: torch.Tensor, grad_out: torch.Tensor) -> list:
     """The fallback: the block inputs recomputed forward from the kept stage input, without a graph (checkpointing's
     cost), then each block's gradient as in the reversible walk. Exact whatever β."""
-    inputs = _exact_block_inputs(ctx, a)
+    inputs = _replayed_forward(ctx, a)[0]
     grads = _ParameterGradients(ctx.params)
     gx = gy = grad_out
     for i in reversed(range(len(ctx.stage.blocks))):
@@ -244,8 +260,8 @@ def _exact_walk(ctx, a: torch.Tensor, grad_out: torch.Tensor) -> list:
     return _stage_gradients(ctx, gx, gy, grads)
 
 
-def _exact_block_inputs(ctx, a: torch.Tensor) -> list[torch.Tensor]:
-    """x₀…xₙ₋₁ recomputed forward from the kept stage input, without a graph."""
+def _replayed_forward(ctx, a: torch.Tensor) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The forward again from the stage input, without a graph: the block inputs x₀…xₙ₋₁ and the last pair."""
     stage: ResidualStage = ctx.stage
     alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
     xs, x, y = [], a.detach(), _scaled(a.detach(), beta)
@@ -254,7 +270,7 @@ def _exact_block_inputs(ctx, a: torch.Tensor) -> list[torch.Tensor]:
             xs.append(x)
             with _replayed(rng), running_stats_frozen(f):
                 x, y = _dual_step(f, x, y, alpha, beta)
-    return xs
+    return xs, (x, y)
 
 
 def _block_backward(
@@ -265,28 +281,29 @@ def _block_backward(
     gy: torch.Tensor,
     grads: _ParameterGradients,
     x_next: list | None = None,
-    kept_input: torch.Tensor | None = None,
+    check_input: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Recompute Fᵢ(xᵢ₋₁) with a graph and take its vector-Jacobian products with gxᵢ: the parameters' go into
     `grads`, the input's Jᵀ_F·gxᵢ is returned. With `x_next` = [xᵢ] (emptied once used), the same recompute also
-    inverts the block: yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁ is returned first (else None); with `kept_input` (block 0),
+    inverts the block: yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁ is returned first (else None); with `check_input` (block 0),
     y₀ is compared with β·a (and x₀ with a) as soon as it is known and the error is returned in its place.
 
-    A token-wise F (no mixing along `dim`, no elementwise randomness) is done a chunk of tokens at a time: the
-    step's peak is this transient, and a chunk's is 1/RECOMPUTE_CHUNKS of it."""
+    An F local in time (its `time_locality`; see pieces.py) is done a piece of time at a time: the step's peak is
+    this transient, and a piece's is about 1/PIECES of it."""
     f = ctx.stage.blocks[i]
     alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
     block_params = grads.of(f)
-    dim = _token_wise_dim(f)
-    if dim is None or x_prev.shape[dim] < 2:
+    locality = _locality(f)
+    pieces = time_pieces(x_prev.shape[locality.out_dim], locality) if locality is not None else []
+    if len(pieces) < 2:
         x_in, fx = _recompute(ctx, i, f, x_prev)
         y_prev = None
         if x_next is not None:
             y_prev = x_next.pop() - fx.detach()  # xᵢ is freed here, before the gradient's transient
             if alpha:
                 y_prev.sub_(x_prev, alpha=alpha)
-            if kept_input is not None:
-                y_prev = _reconstruction_error(x_prev, y_prev, kept_input, beta)
+            if check_input:
+                y_prev = _reconstruction_error(x_prev, y_prev, kept_one(ctx, 0), beta)
         grad_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
         del fx, x_in  # this block's recompute graph is dead: free it before the next block's
         grads.add(block_params, grad_params, gx, gy)
@@ -294,33 +311,30 @@ def _block_backward(
         grad_in = torch.zeros_like(gx) if grad_in is None else _owned(grad_in, gx, gy)  # None: F ignores x
         return y_prev, grad_in
 
+    dim = locality.out_dim
     x = x_next.pop() if x_next is not None else None
     y_prev = torch.empty_like(x) if x is not None else None
-    grad_in = torch.empty_like(gx)
-    size = x_prev.shape[dim]
-    step = -(-size // min(RECOMPUTE_CHUNKS, size))
-    for start in range(0, size, step):
-        piece = slice(start, min(start + step, size))
-        x_in, fx = _recompute(ctx, i, f, _narrow(x_prev, dim, piece))
+    grad_in = torch.zeros_like(gx)  # the pieces' input gradients overlap on their halos: summed
+    for piece in pieces:
+        x_in, fx = _recompute(ctx, i, f, piece.narrow_input(x_prev, dim, 1))
+        with torch.enable_grad():  # (the backward runs without grad mode: a view taken there would have no graph)
+            fx = piece.narrow_output(fx, dim)
         if x is not None:
-            y_piece = _narrow(y_prev, dim, piece)
-            torch.sub(_narrow(x, dim, piece), fx.detach(), out=y_piece)
+            own = slice(piece.start, piece.stop)
+            y_piece = _narrow(y_prev, dim, own)
+            torch.sub(_narrow(x, dim, own), fx.detach(), out=y_piece)
             if alpha:
-                y_piece.sub_(x_in.detach(), alpha=alpha)
-        g_piece, *grad_params = torch.autograd.grad(
-            fx, [x_in, *block_params], _narrow(gx, dim, piece), allow_unused=True
-        )
+                y_piece.sub_(_narrow(x_prev, dim, own), alpha=alpha)
+        g_out = gx.narrow(dim, piece.start, piece.stop - piece.start)
+        g_piece, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], g_out, allow_unused=True)
         del fx, x_in
         grads.add(block_params, grad_params, gx, gy)
-        target = _narrow(grad_in, dim, piece)
-        if g_piece is None:
-            target.zero_()
-        else:
-            target.copy_(g_piece)
+        if g_piece is not None:
+            piece.narrow_input(grad_in, dim, 1).add_(g_piece)
         del g_piece, grad_params
     del x
-    if kept_input is not None:
-        y_prev = _reconstruction_error(x_prev, y_prev, kept_input, beta)
+    if check_input:
+        y_prev = _reconstruction_error(x_prev, y_prev, kept_one(ctx, 0), beta)
     return y_prev, grad_in
 
 
@@ -364,18 +378,10 @@ class _ParameterGradients:
                 self.values[k] = grad if self.values[k] is None else self.values[k].add_(grad)
 
 
-RECOMPUTE_CHUNKS = 4  # pieces a token-wise block is recomputed in
-
-
-def _token_wise_dim(f: nn.Module) -> int | None:
-    """The dimension along which F acts on each slice independently, as its module declares (`token_wise_dim`), if
-    its recompute may be split along it now: not while an elementwise dropout is active, whose draws depend on the
-    shape. (Drop-path draws one value per sample, the same for every piece when the generator state is replayed.)"""
-    dim = getattr(f, "token_wise_dim", None)
-    if dim is None:
-        return None
-    dropouts = (m for m in f.modules() if isinstance(m, nn.modules.dropout._DropoutNd))
-    return None if any(m.p > 0 and m.training for m in dropouts) else dim
+def _locality(f: nn.Module) -> TimeLocality | None:
+    """How F reaches along time, as its module declares (`time_locality`), if its recompute may be split now."""
+    locality = getattr(f, "time_locality", None)
+    return locality if locality is not None and split_ok([f]) else None
 
 
 def _narrow(t: torch.Tensor, dim: int, piece: slice) -> torch.Tensor:

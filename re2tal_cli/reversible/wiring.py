@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from re2tal_cli.errors import BadCheckpointError
+from re2tal_cli.reversible.recompute import Outside, default_outside
 from re2tal_cli.reversible.stage import Coupling, Execution
 
 if TYPE_CHECKING:
@@ -23,11 +24,17 @@ class Wiring:
     beta: float = 0.0
     execution: Execution = Execution.PLAIN
     stages: tuple[int, ...] | None = None  # indices of the rewired stages; None: all
+    outside: Outside | None = None  # the layers outside the stages in training; None: recomputed unless plain
+
+    def __post_init__(self):
+        outside = default_outside(self.execution) if self.outside is None else Outside(self.outside)
+        object.__setattr__(self, "outside", outside)
 
     def apply(self, model: VideoBackbone, tolerance: float | None = None) -> list[int]:
         """Set the wiring on the model's stages; returns the indices of the stages it applied to."""
         try:
-            return model.set_wiring(Coupling(self.alpha, self.beta), self.execution, tolerance, self.stages)
+            coupling = Coupling(self.alpha, self.beta)
+            return model.set_wiring(coupling, self.execution, tolerance, self.stages, self.outside)
         except IndexError as error:
             raise BadCheckpointError(str(error)) from None
 
@@ -38,29 +45,31 @@ class Wiring:
         stage = next(iter(model.residual_stages()), None)
         if stage is None:
             return None
-        return cls(stage.coupling.alpha, stage.coupling.beta, stage.execution)
+        return cls(stage.coupling.alpha, stage.coupling.beta, stage.execution, outside=model.outside)
 
     def to_json(self) -> dict:
         return {
             **asdict(self),
             "execution": self.execution.value,
             "stages": None if self.stages is None else list(self.stages),
+            "outside": self.outside.value,
         }
 
     @classmethod
     def from_json(cls, data: Mapping) -> Wiring:
         try:
-            stages = data.get("stages")
+            stages, outside = data.get("stages"), data.get("outside")
             return cls(
                 float(data["alpha"]),
                 float(data["beta"]),
                 Execution(data["execution"]),
                 None if stages is None else tuple(int(i) for i in stages),
+                None if outside is None else Outside(outside),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise BadCheckpointError(
-                f"a wiring needs alpha, beta, execution (plain, checkpoint or reversible) and "
-                f"optional stages; got {dict(data)!r} ({error})"
+                f"a wiring needs alpha, beta, execution (plain, checkpoint or reversible), optional stages and "
+                f"optional outside (keep or recompute); got {dict(data)!r} ({error})"
             ) from None
 
 
@@ -68,8 +77,8 @@ class WiringName(enum.StrEnum):
     """The wirings a user chooses between by name (memprofile, train-tal's `backbone.wiring`)."""
 
     PLAIN = "plain"  # the original residual network, ordinary autograd (every activation kept)
-    CHECKPOINT = "checkpoint"  # the original network, torch.utils.checkpoint per residual block
-    REVERSIBLE = "reversible"  # Re²TAL's rewiring (α=0, β=1), reversible backward (stage boundaries kept)
+    CHECKPOINT = "checkpoint"  # the original network, torch.utils.checkpoint per block (and per layer outside them)
+    REVERSIBLE = "reversible"  # Re²TAL's rewiring (α=0, β=1), reversible backward, the other layers recomputed
 
     @property
     def wiring(self) -> Wiring:

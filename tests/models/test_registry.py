@@ -68,3 +68,31 @@ def test_batchnorm_in_training_mode_is_updated_once(arch):
     assert any(not torch.equal(before[k], v) for k, v in states[Execution.PLAIN].items())
     for key, value in states[Execution.PLAIN].items():
         assert torch.allclose(states[Execution.REVERSIBLE][key], value, rtol=0, atol=1e-12), key
+
+
+@pytest.mark.parametrize("arch", TINY)
+def test_long_clips_recompute_in_pieces_of_time_exactly(arch, monkeypatch):
+    """A clip long enough that the stages' blocks and the layers outside them (stems, first blocks, fusions, patch
+    embedding and merging) are recomputed in pieces of time, halos included: gradients still equal autograd's."""
+    from re2tal_cli.reversible import pieces, stage
+
+    split = {"stage": 0, "outside": 0}
+    original = pieces.time_pieces
+
+    def counting(where):
+        def time_pieces(length, locality, count=pieces.PIECES):
+            result = original(length, locality, count)
+            split[where] += len(result) > 1
+            return result
+
+        return time_pieces
+
+    monkeypatch.setattr(stage, "time_pieces", counting("stage"))
+    monkeypatch.setattr(pieces, "time_pieces", counting("outside"))
+    spec = get_arch(arch).input
+    model = get_arch(arch).create(num_classes=3, drop_path=0.2).double()
+    video = torch.randn(1, 3, 6 * spec.num_frames, spec.image_size, spec.image_size, dtype=torch.float64)
+    report = check_reversibility(model, video, Coupling(0.0, 1.0))
+    assert report.gradient_error_level < 1e-10 and report.fallbacks == 0, report
+    assert split["stage"] > 0
+    assert split["outside"] > 0 or arch.startswith("vit")  # ViT's patch embedding is recomputed whole

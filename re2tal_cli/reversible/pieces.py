@@ -1,0 +1,184 @@
+"""Recomputing a layer a piece of time at a time.
+
+Once nothing inside a layer is stored, a training step's peak is set by the transient of one layer's recompute: at
+1024 frames one SlowFast bottleneck or stem recomputed whole holds a dozen tensors of 0.4 GB. Most video layers are
+local in time — a convolution with a temporal kernel k reads k frames, a LayerNorm or an MLP one token, Swin's window
+attention one window — so output frames [t0, t1) can be recomputed from input frames [t0 − h, t1 + h) alone (h: the
+layer's reach, its "halo") and their gradients taken, a piece at a time. The pieces' input gradients overlap on the
+halos and are summed; every other output frame of a piece is discarded.
+
+A layer declares its `TimeLocality`; `split_ok` says whether its modules allow splitting now (not while BatchNorm
+normalises with batch statistics or an elementwise dropout draws a shape-dependent mask; drop-path draws one value per
+sample, the same in every piece once the generator state is replayed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from re2tal_cli.reversible.remake import keep, kept, mark
+from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
+
+PIECES = 4  # pieces a recompute is split into
+
+
+@dataclass(frozen=True)
+class TimeLocality:
+    """Output frame t (along `out_dim`) reads only frames of its inputs within `halo` output frames of t; input i has
+    `scales[i]` frames per output frame along `dims[i]`, and padding beyond the ends is the layer's own (zeros, as if
+    the input stopped there). Piece boundaries fall on multiples of `align` output frames (window boundaries)."""
+
+    dims: tuple[int, ...]
+    out_dim: int
+    halo: int = 0
+    scales: tuple[int, ...] = (1,)
+    align: int = 1
+    min_frames: int = 1  # no piece shorter than this many output frames (a window: a shorter one would shrink it)
+
+    @classmethod
+    def same(cls, dim: int, halo: int = 0, align: int = 1, min_frames: int = 1) -> TimeLocality:
+        """A shape-keeping layer (one input, time along `dim` in and out)."""
+        return cls((dim,), dim, halo, (1,), align, min_frames)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Output frames [start, stop), recomputed from output-frame range [lo, hi) of the inputs (halos included)."""
+
+    start: int
+    stop: int
+    lo: int
+    hi: int
+
+    def narrow_input(self, x: torch.Tensor, dim: int, scale: int) -> torch.Tensor:
+        stop = min(self.hi * scale, x.shape[dim])
+        return x.narrow(dim, self.lo * scale, stop - self.lo * scale)
+
+    def narrow_output(self, out: torch.Tensor, dim: int) -> torch.Tensor:
+        """This piece's own frames of an output computed from `narrow_input`s."""
+        return out.narrow(dim, self.start - self.lo, self.stop - self.start)
+
+
+def time_pieces(length: int, locality: TimeLocality, count: int = PIECES) -> list[Piece]:
+    """Up to `count` pieces covering `length` output frames, boundaries on `align`, none shorter than `min_frames`;
+    one piece (the whole) when the output is too short to split."""
+    align = locality.align
+    halo = -(-locality.halo // align) * align
+    units = -(-length // align)
+    step = -(-units // count) * align
+    if count < 2 or step >= length or step < locality.min_frames:
+        return [Piece(0, length, 0, length)]
+    bounds = [[t0, min(t0 + step, length)] for t0 in range(0, length, step)]
+    if bounds[-1][1] - bounds[-1][0] < locality.min_frames:  # a short remainder joins the piece before it
+        last = bounds.pop()
+        bounds[-1][1] = last[1]
+    return [Piece(t0, t1, max(0, t0 - halo), min(length, t1 + halo)) for t0, t1 in bounds]
+
+
+def split_ok(modules: Iterable[nn.Module]) -> bool:
+    """Whether layers made of `modules` may be recomputed in pieces now (see the module docstring)."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+                return False
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+                return False
+    return True
+
+
+def recomputed_in_pieces(
+    layer: Callable[..., torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    modules: Sequence[nn.Module],
+    locality: TimeLocality,
+) -> torch.Tensor:
+    """layer(*inputs), keeping only `inputs` for the backward, which recomputes it a piece of time at a time
+    (random draws and autocast replayed, BatchNorm statistics untouched) and returns the gradients of the inputs and
+    of the modules' trainable parameters."""
+    params = _parameters(modules)
+    return _RecomputedInPieces.apply(layer, locality, tuple(modules), len(inputs), *inputs, *params)
+
+
+def _parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad:
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+class _RecomputedInPieces(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, layer, locality: TimeLocality, modules, n_inputs: int, *tensors):
+        inputs = tensors[:n_inputs]
+        device = inputs[0].device
+        ctx.layer, ctx.locality, ctx.modules = layer, locality, modules
+        ctx.rng = RngState.capture(device)
+        ctx.autocast = AutocastState.capture(device)
+        ctx.params = tensors[n_inputs:]
+        out = layer(*inputs)
+        keep(ctx, inputs)  # each input, or how the layer before makes it again
+        return mark(out, partial(_remade_output, ctx))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        inputs = kept(ctx)
+        where = ctx.locality
+        wanted = [ctx.needs_input_grad[4 + i] for i in range(len(inputs))]
+        axes = list(zip(where.dims, where.scales, wanted, strict=True))
+        input_grads = [torch.zeros_like(x) if w else None for x, w in zip(inputs, wanted, strict=True)]
+        param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
+        for piece in time_pieces(grad_out.shape[where.out_dim], where):
+            parts = [piece.narrow_input(x, dim, scale).detach().requires_grad_(w) for x, (dim, scale, w) in
+                     zip(inputs, axes, strict=True)]  # fmt: skip
+            with torch.enable_grad(), _replay(ctx):
+                out = piece.narrow_output(ctx.layer(*parts), where.out_dim)
+            targets = [part for part, (_, _, w) in zip(parts, axes, strict=True) if w] + list(ctx.params)
+            g_out = grad_out.narrow(where.out_dim, piece.start, piece.stop - piece.start)
+            grads = iter(torch.autograd.grad(out, targets, g_out, allow_unused=True))
+            del out, parts  # this piece's recompute graph is dead: free it before the next piece's
+            for grad_in, (dim, scale, w) in zip(input_grads, axes, strict=True):
+                g = next(grads) if w else None
+                if g is not None:
+                    piece.narrow_input(grad_in, dim, scale).add_(g)
+            for k, g in enumerate(grads):
+                if g is not None:
+                    param_grads[k] = g if param_grads[k] is None else param_grads[k].add_(g)
+        return (None, None, None, None, *input_grads, *param_grads)
+
+
+def _replay(ctx) -> contextlib.ExitStack:
+    """The forward's random draws and precision, BatchNorm statistics untouched."""
+    stack = contextlib.ExitStack()
+    for context in (ctx.rng.replay(), ctx.autocast(), running_stats_frozen(*ctx.modules)):
+        stack.enter_context(context)
+    return stack
+
+
+def _remade_output(ctx) -> torch.Tensor:
+    """The layer's output again (for the next layer's backward), without a graph, a piece of time at a time (the
+    same values to rounding: a kernel may sum in another order on a shorter input)."""
+    inputs = kept(ctx)
+    where: TimeLocality = ctx.locality
+    length = -(-inputs[0].shape[where.dims[0]] // where.scales[0])
+    out = None
+    for piece in time_pieces(length, where):
+        parts = [piece.narrow_input(x, dim, scale) for x, dim, scale in zip(inputs, where.dims, where.scales,
+                                                                              strict=True)]  # fmt: skip
+        with torch.no_grad(), _replay(ctx):  # every piece draws what the forward drew
+            own = piece.narrow_output(ctx.layer(*parts), where.out_dim)
+        if out is None:
+            shape = list(own.shape)
+            shape[where.out_dim] = length
+            out = own.new_empty(shape)
+        out.narrow(where.out_dim, piece.start, piece.stop - piece.start).copy_(own)
+        del own, parts
+    return out

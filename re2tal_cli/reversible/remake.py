@@ -1,0 +1,47 @@
+"""Tensors a training step makes again instead of keeping.
+
+Between two reversible stages a step would hold the first stage's output (the next layer's input) and the next
+stage's input (the guard's reference), though both can be made again from what the step keeps anyway: a stage's
+output is (xₙ + yₙ)/(1+β) of the last pair it holds for its own backward — the same operation, so the same bits — and
+a recomputed layer's output is that layer run again on its inputs. Every backward runs before the backward of the
+layer that made its inputs, so those are still there when needed.
+
+A Function that makes such an output attaches its `remake` to the tensor (`mark`); a Function that would save an
+input for its backward saves the remake instead when the input has one (`keep` / `kept`). Other consumers (ordinary
+layers, torch's checkpoint) save the tensor as usual, so nothing depends on this beyond memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+_REMAKE = "_re2tal_remake"  # the attribute a remakeable tensor carries
+
+
+def mark(tensor: torch.Tensor, remake: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Declare that `remake()` makes `tensor`'s values again (without a graph) for as long as the graph lives."""
+    setattr(tensor, _REMAKE, remake)
+    return tensor
+
+
+def keep(ctx, tensors: Sequence[torch.Tensor]) -> None:
+    """Save `tensors` for ctx's backward: each one's remake where it has one, the tensor itself otherwise."""
+    remakes = [getattr(t, _REMAKE, None) for t in tensors]
+    ctx.save_for_backward(*(t for t, remake in zip(tensors, remakes, strict=True) if remake is None))
+    ctx.remakes = remakes
+
+
+def kept(ctx) -> list[torch.Tensor]:
+    """The tensors of `keep`, remade where they were not saved."""
+    saved = iter(ctx.saved_tensors)
+    return [next(saved) if remake is None else remake() for remake in ctx.remakes]
+
+
+def kept_one(ctx, index: int) -> torch.Tensor:
+    """The `index`-th tensor of `keep` alone (remade only if it was not saved)."""
+    remake = ctx.remakes[index]
+    if remake is not None:
+        return remake()
+    return ctx.saved_tensors[sum(r is None for r in ctx.remakes[:index])]
