@@ -44,9 +44,10 @@ def memprofile(
     estimates along depth, frames or size (with `plot`: its figure). Everything is checked before any estimate.
 
     `outside` (keep or recompute): what checkpoint and reversible steps keep of the layers outside the residual
-    stages (default: recompute; plain keeps everything). `frames`/`size` default to the arch's pretraining input; `device` to cuda, or cpu for a measurement without
-    CUDA. `largest` ("frames" or "batch", needs a GPU): the largest value that fits. `progress(done, total, what)`
-    is told as estimates and measurements complete. The report's keys: config, gpu, wirings (or the sweep's)."""
+    stages (default: recompute; plain keeps everything). `frames`/`size` default to the arch's pretraining input;
+    `device` to cuda, or cpu for a measurement without CUDA. `largest` ("frames" or "batch", needs a GPU): the
+    largest value that fits. `progress(done, total, what)` is told as estimates and measurements complete. The
+    report's keys: config, gpu, wirings (or the sweep's)."""
     from re2tal_cli.memory import gpus
     from re2tal_cli.memory.head_loss import HeadName
     from re2tal_cli.memory.step import WIRINGS, StepConfig, WiringName
