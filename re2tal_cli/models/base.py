@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from re2tal_cli.errors import BadInputError
-from re2tal_cli.reversible.pieces import TimeLocality
-from re2tal_cli.reversible.recompute import Outside, default_outside, recomputed
+from re2tal_cli.reversible.pieces import TimeLocality, recomputed_in_pieces
+from re2tal_cli.reversible.recompute import Outside, default_outside
 from re2tal_cli.reversible.stage import Coupling, Execution, ResidualStage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -84,7 +84,7 @@ class VideoBackbone(nn.Module):
         (only its inputs kept; in pieces of time when its `locality` is given) when `outside` says so and a graph is
         being recorded. `modules`: the layers it runs (default: `layer` itself)."""
         if self.outside is Outside.RECOMPUTE and torch.is_grad_enabled():
-            return recomputed(layer, *inputs, modules=[layer] if modules is None else modules, locality=locality)
+            return recomputed_in_pieces(layer, inputs, [layer] if modules is None else modules, locality)
         return layer(*inputs)
 
     def input_problem(self, frames: int, height: int, width: int) -> str | None:

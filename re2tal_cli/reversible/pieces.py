@@ -92,17 +92,57 @@ def split_ok(modules: Iterable[nn.Module]) -> bool:
     return True
 
 
+def run_in_pieces(
+    layer: Callable[..., torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    locality: TimeLocality | None,
+    rng: RngState | None = None,
+    advance: bool = False,
+) -> torch.Tensor:
+    """layer(*inputs) (without a graph: call it under no_grad or in a Function's forward), a piece of time at a time
+    when `locality` is given: its transient is a piece's, not the whole layer's. Each piece draws what one whole
+    call draws (the generator replayed from `rng`, captured before); with `advance`, the generator ends where one
+    whole call leaves it (the last piece draws from it)."""
+    pieces = [None] if locality is None else time_pieces(_output_length(inputs, locality), locality)
+    out = None
+    for k, piece in enumerate(pieces):
+        replay = rng is not None and not (advance and k == len(pieces) - 1)
+        with rng.replay() if replay else contextlib.nullcontext():
+            if piece is None:
+                return layer(*inputs)
+            own = piece.narrow_output(layer(*_narrowed(piece, inputs, locality)), locality.out_dim)
+        if len(pieces) == 1:
+            return own
+        if out is None:
+            shape = list(own.shape)
+            shape[locality.out_dim] = pieces[-1].stop
+            out = own.new_empty(shape)
+        out.narrow(locality.out_dim, piece.start, piece.stop - piece.start).copy_(own)
+        del own
+    return out
+
+
+def _output_length(inputs: Sequence[torch.Tensor], locality: TimeLocality) -> int:
+    return -(-inputs[0].shape[locality.dims[0]] // locality.scales[0])
+
+
+def _narrowed(piece: Piece, inputs: Sequence[torch.Tensor], locality: TimeLocality) -> list[torch.Tensor]:
+    return [piece.narrow_input(x, d, s) for x, d, s in zip(inputs, locality.dims, locality.scales, strict=True)]
+
+
 def recomputed_in_pieces(
     layer: Callable[..., torch.Tensor],
     inputs: Sequence[torch.Tensor],
     modules: Sequence[nn.Module],
-    locality: TimeLocality,
+    locality: TimeLocality | None,
 ) -> torch.Tensor:
-    """layer(*inputs), keeping only `inputs` for the backward, which recomputes it a piece of time at a time
-    (random draws and autocast replayed, BatchNorm statistics untouched) and returns the gradients of the inputs and
-    of the modules' trainable parameters."""
+    """layer(*inputs), keeping only `inputs` — or how the layers before make them again (remake.py) — for the
+    backward, which recomputes it (a piece of time at a time when `locality` is given and the modules allow it:
+    `split_ok`), random draws and autocast replayed, BatchNorm statistics untouched, and returns the gradients of
+    the inputs and of the modules' trainable parameters. The output can be made again the same way."""
     params = _parameters(modules)
-    return _RecomputedInPieces.apply(layer, locality, tuple(modules), len(inputs), *inputs, *params)
+    locality = locality if split_ok(modules) else None
+    return _Recomputed.apply(layer, locality, tuple(modules), len(inputs), *inputs, *params)
 
 
 def _parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
@@ -114,16 +154,16 @@ def _parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
     return list(seen.values())
 
 
-class _RecomputedInPieces(torch.autograd.Function):
+class _Recomputed(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, layer, locality: TimeLocality, modules, n_inputs: int, *tensors):
+    def forward(ctx, layer, locality: TimeLocality | None, modules, n_inputs: int, *tensors):
         inputs = tensors[:n_inputs]
         device = inputs[0].device
         ctx.layer, ctx.locality, ctx.modules = layer, locality, modules
         ctx.rng = RngState.capture(device)
         ctx.autocast = AutocastState.capture(device)
         ctx.params = tensors[n_inputs:]
-        out = layer(*inputs)
+        out = run_in_pieces(layer, inputs, locality, ctx.rng, advance=True)
         keep(ctx, inputs)  # each input, or how the layer before makes it again
         return mark(out, partial(_remade_output, ctx))
 
@@ -131,24 +171,28 @@ class _RecomputedInPieces(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         inputs = kept(ctx)
-        where = ctx.locality
+        where: TimeLocality | None = ctx.locality
         wanted = [ctx.needs_input_grad[4 + i] for i in range(len(inputs))]
-        axes = list(zip(where.dims, where.scales, wanted, strict=True))
         input_grads = [torch.zeros_like(x) if w else None for x, w in zip(inputs, wanted, strict=True)]
         param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
-        for piece in time_pieces(grad_out.shape[where.out_dim], where):
-            parts = [piece.narrow_input(x, dim, scale).detach().requires_grad_(w) for x, (dim, scale, w) in
-                     zip(inputs, axes, strict=True)]  # fmt: skip
+        pieces = [None] if where is None else time_pieces(grad_out.shape[where.out_dim], where)
+        for piece in pieces:
+            parts = list(inputs) if piece is None else _narrowed(piece, inputs, where)
+            parts = [part.detach().requires_grad_(w) for part, w in zip(parts, wanted, strict=True)]
             with torch.enable_grad(), _replay(ctx):
-                out = piece.narrow_output(ctx.layer(*parts), where.out_dim)
-            targets = [part for part, (_, _, w) in zip(parts, axes, strict=True) if w] + list(ctx.params)
-            g_out = grad_out.narrow(where.out_dim, piece.start, piece.stop - piece.start)
+                out = ctx.layer(*parts)
+                if piece is not None:
+                    out = piece.narrow_output(out, where.out_dim)
+            g_out = grad_out if piece is None else grad_out.narrow(where.out_dim, piece.start, piece.stop - piece.start)
+            targets = [part for part, w in zip(parts, wanted, strict=True) if w] + list(ctx.params)
             grads = iter(torch.autograd.grad(out, targets, g_out, allow_unused=True))
             del out, parts  # this piece's recompute graph is dead: free it before the next piece's
-            for grad_in, (dim, scale, w) in zip(input_grads, axes, strict=True):
+            for k, w in enumerate(wanted):
                 g = next(grads) if w else None
                 if g is not None:
-                    piece.narrow_input(grad_in, dim, scale).add_(g)
+                    target = input_grads[k] if piece is None else piece.narrow_input(input_grads[k], where.dims[k],
+                                                                                     where.scales[k])  # fmt: skip
+                    target.add_(g)
             for k, g in enumerate(grads):
                 if g is not None:
                     param_grads[k] = g if param_grads[k] is None else param_grads[k].add_(g)
@@ -164,21 +208,7 @@ def _replay(ctx) -> contextlib.ExitStack:
 
 
 def _remade_output(ctx) -> torch.Tensor:
-    """The layer's output again (for the next layer's backward), without a graph, a piece of time at a time (the
-    same values to rounding: a kernel may sum in another order on a shorter input)."""
-    inputs = kept(ctx)
-    where: TimeLocality = ctx.locality
-    length = -(-inputs[0].shape[where.dims[0]] // where.scales[0])
-    out = None
-    for piece in time_pieces(length, where):
-        parts = [piece.narrow_input(x, dim, scale) for x, dim, scale in zip(inputs, where.dims, where.scales,
-                                                                              strict=True)]  # fmt: skip
-        with torch.no_grad(), _replay(ctx):  # every piece draws what the forward drew
-            own = piece.narrow_output(ctx.layer(*parts), where.out_dim)
-        if out is None:
-            shape = list(own.shape)
-            shape[where.out_dim] = length
-            out = own.new_empty(shape)
-        out.narrow(where.out_dim, piece.start, piece.stop - piece.start).copy_(own)
-        del own, parts
-    return out
+    """The layer's output again (for the next layer's backward), without a graph, a piece of time at a time as in
+    the forward (the same values)."""
+    with torch.no_grad(), ctx.autocast(), running_stats_frozen(*ctx.modules):
+        return run_in_pieces(ctx.layer, kept(ctx), ctx.locality, ctx.rng)

@@ -1,14 +1,15 @@
-"""Recomputing what cannot be inverted: a layer run so that its backward keeps only its inputs.
+"""Recomputing what cannot be inverted, and the choice a wiring makes for it.
 
 A reversible stage rebuilds its blocks' inputs from its output; the layers between stages cannot be inverted (a
-stem, a stage's first block that changes channels or strides, SlowFast's lateral fusions, Swin's patch merging), so a
-training step would keep every activation inside them — on SlowFast-101 at 1024 frames, 70 % of what it holds. Run
-through `recomputed`, such a layer keeps its inputs (which its neighbours hold anyway: the previous stage's output)
-and runs a second time in the backward, with a graph, to take its gradients — in pieces of time when it is local in
-time (pieces.py). The engine's replay holds here too: the same random draws, the same autocast as the forward, and
-BatchNorm running statistics updated once (frozen in the recompute, as in the reversible backward).
+stem, a stage's first block that changes channels or strides, SlowFast's lateral fusions, Swin's patch embedding and
+merging), so a training step would keep every activation inside them — on SlowFast-101 at 1024 frames, 70 % of what
+it holds. Recomputed (`VideoBackbone.run_outside` → `pieces.recomputed_in_pieces`), such a layer keeps only its
+inputs — or how the layers before make them again (remake.py) — and runs a second time in the backward, in pieces of
+time when it is local in time. The engine's replay holds there too: the same random draws and autocast as the
+forward, BatchNorm running statistics updated once.
 
-`Outside` is the choice a wiring makes for these layers: keep (ordinary autograd) or recompute.
+`Outside` is what a wiring keeps of these layers. `checkpointed` is torch's checkpoint, the per-block checkpointing
+baseline.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from re2tal_cli.reversible.pieces import TimeLocality, recomputed_in_pieces, split_ok
 from re2tal_cli.reversible.replay import running_stats_frozen
 
 
@@ -39,17 +39,10 @@ def default_outside(execution: str) -> Outside:
     return Outside.KEEP if execution == "plain" else Outside.RECOMPUTE
 
 
-def recomputed(
-    fn: Callable[..., torch.Tensor],
-    *args,
-    modules: Sequence[nn.Module],
-    locality: TimeLocality | None = None,
-) -> torch.Tensor:
-    """fn(*args) whose backward recomputes it from `args` instead of keeping what it made — a piece of time at a time
-    when its `locality` is given (tensor args only, then) and its `modules` (the layers fn runs) allow splitting
-    (pieces.py). Their training-mode BatchNorm layers update their running statistics in the forward only."""
-    if locality is not None and split_ok(modules):
-        return recomputed_in_pieces(fn, args, modules, locality)
+def checkpointed(fn: Callable[..., torch.Tensor], *args, modules: Sequence[nn.Module]) -> torch.Tensor:
+    """fn(*args) through torch's checkpoint (per-block checkpointing, the baseline users have: mmaction's
+    `with_cp`), its `modules`' training-mode BatchNorm layers updating their running statistics in the forward
+    only."""
     return torch.utils.checkpoint.checkpoint(
         fn, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), running_stats_frozen(*modules))
     )

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from re2tal_cli.reversible.guard import DEFAULT_TOLERANCE, REDUCED_PRECISION_TOLERANCE, GuardStats
-from re2tal_cli.reversible.pieces import TimeLocality, split_ok, time_pieces
-from re2tal_cli.reversible.recompute import recomputed
+from re2tal_cli.reversible.pieces import TimeLocality, run_in_pieces, split_ok, time_pieces
+from re2tal_cli.reversible.recompute import checkpointed
 from re2tal_cli.reversible.remake import keep, kept_one, mark
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
 
@@ -112,8 +112,8 @@ class ResidualStage(nn.Module):
             if a.requires_grad or params:
                 return _ReversibleStageFunction.apply(self, a, *params)
         if self.execution is Execution.CHECKPOINT and torch.is_grad_enabled():
-            return self._run(a, checkpointed=True)
-        return self._run(a, checkpointed=False)
+            return self._run(a, per_block_checkpoint=True)
+        return self._run(a, per_block_checkpoint=False)
 
     def parameters_of_blocks(self) -> list[nn.Parameter]:
         """Each parameter once, in block order (a tied weight appears once)."""
@@ -123,18 +123,18 @@ class ResidualStage(nn.Module):
                 seen.setdefault(id(p), p)
         return list(seen.values())
 
-    def _run(self, a: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    def _run(self, a: torch.Tensor, per_block_checkpoint: bool) -> torch.Tensor:
         """Forward with ordinary autograd (or per-block checkpointing): the reference the reversible path matches."""
         alpha, beta = self.coupling.alpha, self.coupling.beta
         if self.coupling.is_residual:
             h = a
             for f in self._blocks:
-                h = recomputed(_residual_step, f, h, modules=[f]) if checkpointed else _residual_step(f, h)
+                h = checkpointed(_residual_step, f, h, modules=[f]) if per_block_checkpoint else _residual_step(f, h)
             return h
         x, y = a, beta * a
         for f in self._blocks:
             step = (f, x, y, alpha, beta)
-            x, y = recomputed(_dual_step, *step, modules=[f]) if checkpointed else _dual_step(*step)
+            x, y = checkpointed(_dual_step, *step, modules=[f]) if per_block_checkpoint else _dual_step(*step)
         return (x + y) / (1 + beta)
 
     def default_tolerance(self, dtype: torch.dtype, autocast: AutocastState) -> float:
@@ -175,8 +175,9 @@ class _ReversibleStageFunction(torch.autograd.Function):
         ctx.rng = []  # one generator state per block, replayed in the recompute
         x, y = a.detach(), _scaled(a.detach(), beta)
         for f in stage.blocks:
-            ctx.rng.append(RngState.capture(a.device) if training else None)
-            x, y = _dual_step(f, x, y, alpha, beta)
+            rng = RngState.capture(a.device) if training else None
+            ctx.rng.append(rng)
+            x, y = _dual_step(_forward_of(f, rng), x, y, alpha, beta)
         out = _output(x, y, beta)
         # The stage input (the guard's reference, the fallback's start) is kept, or how to make it again if the
         # layer before can (remake.py). The last pair is dead once the first block is inverted, so it is held where
@@ -240,10 +241,11 @@ def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor):
         y = pair.pop()
         x_prev = y if beta == 1.0 else y / beta  # xᵢ₋₁ = yᵢ / β  (at β=1, yᵢ *is* xᵢ₋₁)
         del y
-        y_prev, grad_in = _block_backward(ctx, i, x_prev, gx, gy, grads, x_next=pair, check_input=i == 0)
+        owned = gy is not grad_out  # (the incoming gradient is not ours to overwrite)
+        y_prev, grad_in = _block_backward(ctx, i, x_prev, gx, gy, grads, owned, x_next=pair, check_input=i == 0)
         if i == 0:
             error, y_prev = y_prev, None  # block 0 returned the reconstruction error in place of y₀
-        gx, gy = _input_gradients(ctx, grad_in, gx, gy)
+        gx, gy = grad_in, gx  # (∂L/∂xᵢ₋₁, ∂L/∂yᵢ₋₁ = gxᵢ)
         pair[:] = [x_prev, y_prev]
     return _stage_gradients(ctx, gx, gy, grads), error
 
@@ -255,8 +257,8 @@ def _exact_walk(ctx, a: torch.Tensor, grad_out: torch.Tensor) -> list:
     grads = _ParameterGradients(ctx.params)
     gx = gy = grad_out
     for i in reversed(range(len(ctx.stage.blocks))):
-        _, grad_in = _block_backward(ctx, i, inputs.pop(), gx, gy, grads)
-        gx, gy = _input_gradients(ctx, grad_in, gx, gy)
+        _, grad_in = _block_backward(ctx, i, inputs.pop(), gx, gy, grads, gy is not grad_out)
+        gx, gy = grad_in, gx
     return _stage_gradients(ctx, gx, gy, grads)
 
 
@@ -269,7 +271,7 @@ def _replayed_forward(ctx, a: torch.Tensor) -> tuple[list[torch.Tensor], tuple[t
         for f, rng in zip(stage.blocks, ctx.rng, strict=True):
             xs.append(x)
             with _replayed(rng), running_stats_frozen(f):
-                x, y = _dual_step(f, x, y, alpha, beta)
+                x, y = _dual_step(_forward_of(f, rng), x, y, alpha, beta)
     return xs, (x, y)
 
 
@@ -280,13 +282,15 @@ def _block_backward(
     gx: torch.Tensor,
     gy: torch.Tensor,
     grads: _ParameterGradients,
+    gy_owned: bool,
     x_next: list | None = None,
     check_input: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Recompute Fᵢ(xᵢ₋₁) with a graph and take its vector-Jacobian products with gxᵢ: the parameters' go into
-    `grads`, the input's Jᵀ_F·gxᵢ is returned. With `x_next` = [xᵢ] (emptied once used), the same recompute also
-    inverts the block: yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁ is returned first (else None); with `check_input` (block 0),
-    y₀ is compared with β·a (and x₀ with a) as soon as it is known and the error is returned in its place.
+    `grads`, and ∂L/∂xᵢ₋₁ = Jᵀ_F·gxᵢ + α·gxᵢ + β·gyᵢ is returned (in gyᵢ's storage when `gy_owned`: it is dead
+    after). With `x_next` = [xᵢ] (emptied once used), the same recompute also inverts the block: yᵢ₋₁ = xᵢ −
+    Fᵢ(xᵢ₋₁) − α·xᵢ₋₁ is returned first (else None), computed in xᵢ's storage; with `check_input` (block 0), y₀ is
+    compared with β·a (and x₀ with a) as soon as it is known and the error is returned in its place.
 
     An F local in time (its `time_locality`; see pieces.py) is done a piece of time at a time: the step's peak is
     this transient, and a piece's is about 1/PIECES of it."""
@@ -299,7 +303,7 @@ def _block_backward(
         x_in, fx = _recompute(ctx, i, f, x_prev)
         y_prev = None
         if x_next is not None:
-            y_prev = x_next.pop() - fx.detach()  # xᵢ is freed here, before the gradient's transient
+            y_prev = x_next.pop().sub_(fx.detach())  # xᵢ becomes yᵢ₋₁, before the gradient's transient
             if alpha:
                 y_prev.sub_(x_prev, alpha=alpha)
             if check_input:
@@ -309,20 +313,20 @@ def _block_backward(
         grads.add(block_params, grad_params, gx, gy)
         del grad_params
         grad_in = torch.zeros_like(gx) if grad_in is None else _owned(grad_in, gx, gy)  # None: F ignores x
-        return y_prev, grad_in
+        if alpha:
+            grad_in.add_(gx, alpha=alpha)
+        return y_prev, grad_in.add_(gy, alpha=beta) if beta else grad_in
 
     dim = locality.out_dim
-    x = x_next.pop() if x_next is not None else None
-    y_prev = torch.empty_like(x) if x is not None else None
-    grad_in = torch.zeros_like(gx)  # the pieces' input gradients overlap on their halos: summed
+    y_prev = x_next.pop() if x_next is not None else None  # xᵢ, becoming yᵢ₋₁ a piece at a time
+    grad_in = _scaled_gradients(gx, gy, alpha, beta, gy_owned)  # the pieces' Jᵀ_F·gxᵢ are added (overlapping halos)
     for piece in pieces:
         x_in, fx = _recompute(ctx, i, f, piece.narrow_input(x_prev, dim, 1))
         with torch.enable_grad():  # (the backward runs without grad mode: a view taken there would have no graph)
             fx = piece.narrow_output(fx, dim)
-        if x is not None:
+        if y_prev is not None:
             own = slice(piece.start, piece.stop)
-            y_piece = _narrow(y_prev, dim, own)
-            torch.sub(_narrow(x, dim, own), fx.detach(), out=y_piece)
+            y_piece = _narrow(y_prev, dim, own).sub_(fx.detach())
             if alpha:
                 y_piece.sub_(_narrow(x_prev, dim, own), alpha=alpha)
         g_out = gx.narrow(dim, piece.start, piece.stop - piece.start)
@@ -332,20 +336,17 @@ def _block_backward(
         if g_piece is not None:
             piece.narrow_input(grad_in, dim, 1).add_(g_piece)
         del g_piece, grad_params
-    del x
     if check_input:
         y_prev = _reconstruction_error(x_prev, y_prev, kept_one(ctx, 0), beta)
     return y_prev, grad_in
 
 
-def _input_gradients(ctx, grad_in: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor):
-    """(∂L/∂xᵢ₋₁, ∂L/∂yᵢ₋₁) = (Jᵀ_F·gxᵢ + α·gxᵢ + β·gyᵢ, gxᵢ), in place on Jᵀ_F·gxᵢ."""
-    alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
-    if alpha:
-        grad_in.add_(gx, alpha=alpha)
-    if beta:
-        grad_in.add_(gy, alpha=beta)
-    return grad_in, gx
+def _scaled_gradients(gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: float, gy_owned: bool) -> torch.Tensor:
+    """α·gxᵢ + β·gyᵢ, in gyᵢ's storage when it is ours."""
+    out = gy if gy_owned else gy.clone()
+    if beta != 1.0:
+        out.mul_(beta)
+    return out.add_(gx, alpha=alpha) if alpha else out
 
 
 def _stage_gradients(ctx, gx: torch.Tensor, gy: torch.Tensor, grads: _ParameterGradients) -> list:
@@ -376,6 +377,17 @@ class _ParameterGradients:
                 k = self._position[id(p)]
                 grad = _owned(grad, *incoming)
                 self.values[k] = grad if self.values[k] is None else self.values[k].add_(grad)
+
+
+def _forward_of(f: nn.Module, rng: RngState | None):
+    """F as the graph-free forward runs it: a piece of time at a time when it is local (its transient is a piece's),
+    each piece drawing what one call draws."""
+    locality = _locality(f)
+    return f if locality is None else partial(_in_pieces, f, locality, rng)
+
+
+def _in_pieces(f: nn.Module, locality: TimeLocality, rng: RngState | None, x: torch.Tensor) -> torch.Tensor:
+    return run_in_pieces(f, (x,), locality, rng, advance=True)
 
 
 def _locality(f: nn.Module) -> TimeLocality | None:

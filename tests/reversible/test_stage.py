@@ -373,9 +373,9 @@ def test_token_wise_blocks_recompute_in_pieces_exactly(coupling, dropout):
         block.calls.clear()
     _, rev = grads_of(net, x, coupling, Execution.REVERSIBLE, rng_state=state)
     assert gradient_error_level(rev, ref) < 1e-10
-    assert blocks[2].calls == [10, 3, 3, 3, 1]  # forward, then the recompute in four pieces of ≤ 3 tokens
-    # an active elementwise dropout draws per element: that block is recomputed whole
-    assert blocks[0].calls == ([10, 10] if dropout else [10, 3, 3, 3, 1])
+    assert blocks[2].calls == [3, 3, 3, 1] * 2  # the forward, then the recompute, in four pieces of ≤ 3 tokens
+    # an active elementwise dropout draws per element: that block is run whole
+    assert blocks[0].calls == ([10, 10] if dropout else [3, 3, 3, 1] * 2)
 
 
 class TemporalConvBlock(nn.Module):
@@ -410,8 +410,8 @@ def test_blocks_that_mix_time_recompute_in_pieces_with_halos_exactly(depth, coup
         blocks[-1].calls.clear()
         _, rev = grads_of(net, x, coupling, Execution.REVERSIBLE, rng_state=state)
         assert (gradient_error_level(rev, ref) < 1e-10) is equal, halo
-        if halo == 2:  # forward, then 4 pieces of ≤ 3 frames, each with up to 2 frames on either side
-            assert blocks[-1].calls == [10, 5, 7, 6, 3]
+        if halo == 2:  # forward and recompute: 4 pieces of ≤ 3 frames, each with up to 2 frames on either side
+            assert blocks[-1].calls == [5, 7, 6, 3] * 2
 
 
 def test_time_pieces_cover_the_output_on_aligned_boundaries():
