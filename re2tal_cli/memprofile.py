@@ -102,7 +102,7 @@ def memprofile(
             plot_sweep(series, target, plot)
         return series.to_json() | {"gpu": gpu_json, "plot": None if plot is None else str(plot)}
     return {
-        "config": base.to_json() | {"wiring": [w.value for w in wirings]},
+        "config": base.to_json() | {"wiring": [w.value for w in wirings], "outside": outside or "recompute"},
         "gpu": gpu_json,
         "wirings": _profile(base, wirings, target, measure, largest, notify),
     }

@@ -17,6 +17,7 @@ from re2tal_cli.fileio import atomic_dir, check_output_dir
 from re2tal_cli.models.registry import get_arch
 from re2tal_cli.reversible.check import CheckReport, ErrorMap, check_reversibility
 from re2tal_cli.reversible.check import error_map as compute_error_map
+from re2tal_cli.reversible.recompute import Outside
 from re2tal_cli.reversible.stage import Coupling, Execution
 from re2tal_cli.reversible.wiring import Wiring
 
@@ -56,6 +57,7 @@ def rewire(
     arch: str | None = None,
     alpha: float = 0.0,
     beta: float = 1.0,
+    outside: str | None = None,
     force: bool = False,
     check: bool = False,
     check_frames: int | None = None,
@@ -67,9 +69,11 @@ def rewire(
 ) -> RewireReport:
     """Read `src`, load it into its architecture (`arch`, or the one its config or layout names), rewire every
     residual stage with (α, β), write `out`. Everything that can be wrong with the input is checked before anything
-    is written. `error_map`: also Dr²Net's gradient error level over a `grid` × `grid` lattice of α ∈ [0, 1],
-    β ∈ [0.1, 1] at the check's input, as numbers in the report and a heatmap PNG there (`out` may then be None:
-    nothing else is written); `progress(done, total)` follows its points."""
+    is written. `outside` (keep or recompute; default: recompute unless the wiring is plain) is saved with the
+    wiring: what a training step keeps of the layers outside the residual stages. `error_map`: also Dr²Net's gradient
+    error level over a `grid` × `grid` lattice of α ∈ [0, 1], β ∈ [0.1, 1] at the check's input, as numbers in the
+    report and a heatmap PNG there (`out` may then be None: nothing else is written); `progress(done, total)`
+    follows its points."""
     if out is None and error_map is None:
         raise BadInputError("give `out` (the rewired checkpoint) or `error_map` (or both)")
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
@@ -82,6 +86,8 @@ def rewire(
         coupling = Coupling(alpha, beta)
     except ValueError as error:
         raise BadInputError(str(error)) from None
+    if outside is not None and outside not in tuple(Outside):
+        raise BadInputError(f"`outside` must be keep or recompute, got {outside!r}")
     for name, value in (("check_frames", check_frames), ("check_size", check_size)):
         if value is not None and value <= 0:
             raise BadInputError(f"`{name}` must be positive, got {value}")
@@ -92,7 +98,7 @@ def rewire(
     loaded = load_backbone(src, arch)
     model, converted, spec = loaded.model, loaded.converted, get_arch(loaded.arch)
     execution = Execution.REVERSIBLE if coupling.invertible else Execution.PLAIN
-    wiring = Wiring(alpha, beta, execution)
+    wiring = Wiring(alpha, beta, execution, outside=outside)
     stage_indices = wiring.apply(model)
     stages = model.residual_stages()
 

@@ -320,10 +320,14 @@ def load_tal_backbone(cfg: Recipe):
     if cfg.backbone.drop_path is not None:
         overrides["drop_path"] = cfg.backbone.drop_path
     loaded = load_backbone(cfg.source.backbone, cfg.source.arch, where_defined=overrides)
-    if cfg.backbone.wiring is not None:
-        from re2tal_cli.reversible.wiring import WiringName
+    if cfg.backbone.wiring is not None or cfg.backbone.outside is not None:
+        from dataclasses import replace
 
-        WiringName(cfg.backbone.wiring.value).wiring.apply(loaded.model)
+        from re2tal_cli.reversible.wiring import Wiring, WiringName
+
+        wiring = WiringName(cfg.backbone.wiring.value).wiring if cfg.backbone.wiring else Wiring.of(loaded.model)
+        if wiring is not None:
+            replace(wiring, outside=cfg.backbone.outside).apply(loaded.model)
     return loaded
 
 

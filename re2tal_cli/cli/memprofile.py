@@ -150,7 +150,8 @@ def _render(report: dict) -> None:
     c = report["config"]
     title = (
         f"memprofile {c['arch']}: B={c['batch']} × {c['frames']} × {c['size']}², amp {c['amp']}, {c['optimizer']}, "
-        f"{c['device']} allocator model — GiB"
+        f"{c['device']} allocator model — GiB; checkpoint and reversible {c['outside']} the layers outside the "
+        "residual stages"
     )
     if c["head"] is not None:
         title = title.replace(":", f" + {c['head']}:", 1)

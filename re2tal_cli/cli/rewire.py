@@ -39,6 +39,14 @@ def main(
     beta: Annotated[
         float, typer.Option(metavar="B", help="Dual-residual β (> 0 for a reversible network; 1 is Re²TAL).")
     ] = 1.0,
+    outside: Annotated[
+        str | None,
+        typer.Option(
+            metavar="WHAT",
+            help="keep or recompute: what training keeps of the layers outside the residual stages (stems, first "
+            "blocks, fusions, patch merging). Default: recompute.",
+        ),
+    ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Measure reconstruction and gradient error against ordinary autograd.")
     ] = False,
@@ -74,6 +82,7 @@ def main(
             arch=arch,
             alpha=alpha,
             beta=beta,
+            outside=outside,
             force=force,
             check=check,
             check_frames=check_frames,

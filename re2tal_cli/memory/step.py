@@ -84,8 +84,7 @@ class StepConfig:
         return replace(wiring, outside=self.outside)
 
     def to_json(self) -> dict:
-        data = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
-        return data | {"outside": self.backbone_wiring.outside.value}
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, data: dict) -> StepConfig:

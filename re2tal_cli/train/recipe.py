@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from re2tal_cli.errors import BadInputError, BadRecipeError
 from re2tal_cli.localizers.config import ActionFormerConfig
+from re2tal_cli.reversible.recompute import Outside
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -120,6 +121,7 @@ class Backbone:
     """The video backbone in end_to_end and frozen runs."""
 
     wiring: WiringChoice | None = None  # None: as the checkpoint is wired (reversible after `re2tal rewire`)
+    outside: Outside | None = None  # keep or recompute the layers outside the residual stages; None: as wired
     drop_path: float | None = None  # stochastic depth; None: the architecture's default
     frozen_bn: bool = True  # BatchNorm layers keep their statistics (mmaction's norm_eval)
     lr: float = 1e-5  # learning rate (end_to_end)

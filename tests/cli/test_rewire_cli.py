@@ -129,6 +129,25 @@ def test_bad_coefficients(source, tmp_path):
     assert_bad_input(result, out, "--check needs an invertible wiring")
 
 
+def test_outside_is_saved_with_the_wiring_and_read_back(source, tmp_path):
+    """The layers outside the stages are recomputed by default; --outside keep is saved and applies when the
+    backbone is loaded again; an old config.json without the key gets the default."""
+    from re2tal_cli.checkpoint import load_backbone
+    from re2tal_cli.reversible.recompute import Outside
+
+    for flag, expected in (((), "recompute"), (("--outside", "keep"), "keep")):
+        out = tmp_path / expected
+        assert rewire(source, "--arch", "vit-tiny", "--out", out, *flag).exit_code == 0
+        assert json.loads((out / "config.json").read_text())["wiring"]["outside"] == expected
+        assert load_backbone(str(out)).model.outside is Outside(expected)
+    config = tmp_path / "keep" / "config.json"
+    data = json.loads(config.read_text())
+    del data["wiring"]["outside"]
+    config.write_text(json.dumps(data))
+    assert load_backbone(str(tmp_path / "keep")).model.outside is Outside.RECOMPUTE
+    assert_bad_input(rewire(source, "--out", tmp_path / "bad", "--outside", "maybe"), tmp_path / "bad", "--outside")
+
+
 def run_cli(args, env):
     return subprocess.run(
         [sys.executable, "-m", "re2tal_cli", *map(str, args)], env={**os.environ, **env}, capture_output=True, text=True

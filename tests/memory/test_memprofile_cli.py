@@ -29,6 +29,21 @@ def test_json_has_every_component_and_a_verdict():
         assert row["gpu"]["verdict"] == "fits"
 
 
+def test_outside_says_what_checkpoint_and_reversible_keep_of_the_other_layers():
+    """Default: recomputed (plain keeps everything); --outside keep holds their activations: more kept, and in a
+    SlowFast, whose stems, first blocks and fusions are most of what a reversible step would hold, far more."""
+    args = ["--arch", "slowfast-tiny", "--frames", "16", "--size", "64", "--json"]
+    rows = {}
+    for outside in ("recompute", "keep"):
+        data = json.loads(_run(*args, "--outside", outside).output)
+        assert data["config"]["outside"] == outside
+        rows[outside] = {r["wiring"]: r for r in data["wirings"]}
+        assert [r["outside"] for r in data["wirings"]] == ["keep", outside, outside]
+    kept = {k: v["reversible"]["estimate"]["bytes"]["activations_kept"]["backbone"] for k, v in rows.items()}
+    assert kept["keep"] > 2 * kept["recompute"]
+    assert _run(*args, "--outside", "maybe").exit_code == 2
+
+
 def test_head_is_a_component_of_its_own_in_json_and_table():
     args = ["--arch", "vit-tiny", "--frames", "8", "--size", "32", "--wiring", "reversible", "--head", "actionformer"]
     data = json.loads(_run(*args, "--json").output)

@@ -184,3 +184,28 @@ def test_actionformer_head_is_counted_like_the_backbone_and_matches_a_measured_r
     assert e.activations["head"] > 0
     for phase in ("forward", "backward", "optimizer"):
         assert e.phases[phase].total == pytest.approx(m.phases[phase], rel=0.02), phase
+
+
+@pytest.mark.parametrize("arch", ["r3d-tiny", "slowfast-tiny", "swin3d-tiny", "vit-tiny", "tsm-tiny"])
+def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
+    """What a reversible step keeps for its backward: each residual stage's last pair (two stage-sized tensors) —
+    not the stage inputs or outputs (made again), not the layers outside the stages (recomputed) — plus what the
+    layers after the backbone keep of its output and the shape caches. Keeping the outside layers is far more."""
+    from re2tal_cli.models import get_arch
+
+    spec = get_arch(arch).input
+    frames = 8 * spec.num_frames
+    setting = dict(arch=arch, frames=frames, size=spec.image_size, device="cpu", drop_path=0.0)
+    kept, kept_outside = (
+        e.activations["backbone"]
+        for e in estimate_all([StepConfig(**setting), StepConfig(**setting, outside="keep")], workers=0)
+    )
+    model = get_arch(arch).create(num_classes=0)
+    sizes = []
+    for stage in model.residual_stages():
+        stage.register_forward_hook(lambda module, args, out: sizes.append(out.numel() * out.element_size()))
+    with torch.no_grad():
+        model.temporal_features(torch.randn(1, 3, frames, spec.image_size, spec.image_size))
+    pairs = 2 * sum(sizes)
+    assert pairs <= kept <= pairs + 2.5 * sizes[-1] + 16 * 2**10
+    assert kept_outside > 1.2 * kept

@@ -96,3 +96,19 @@ def test_long_clips_recompute_in_pieces_of_time_exactly(arch, monkeypatch):
     assert report.gradient_error_level < 1e-10 and report.fallbacks == 0, report
     assert split["stage"] > 0
     assert split["outside"] > 0 or arch.startswith("vit")  # ViT's patch embedding is recomputed whole
+
+
+@pytest.mark.parametrize("arch", ["slowfast-tiny", "swin3d-tiny"])
+def test_a_second_backward_through_a_retained_graph_remakes_what_the_first_freed(arch):
+    """The first backward frees each stage's last pair; a second one (retain_graph) makes stage outputs and inputs
+    again from the stages' kept inputs instead, and its gradients are the first's."""
+    model = get_arch(arch).create(num_classes=3, drop_path=0.2).double().train()
+    model.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    video = tiny_video(arch, dtype=torch.float64)
+    out = model(video).square().sum()
+    out.backward(retain_graph=True)
+    first = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out.backward()
+    for a, b in zip(first, (p.grad for p in model.parameters()), strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

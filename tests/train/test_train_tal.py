@@ -226,3 +226,21 @@ def test_source_options_are_checked(synth, rewired, tmp_path):
     missing = one_line_error(invoke("train-tal", "--data", synth, "--features", tmp_path / "none", "--out", run))
     assert "not a features directory" in missing
     assert not run.exists()
+
+
+def test_recipe_says_what_the_backbone_keeps_outside_its_stages(rewired, recipe):
+    """backbone.outside overrides what the checkpoint's wiring says (rewire's default: recompute); a plain wiring
+    keeps everything unless told otherwise."""
+    from re2tal_cli.reversible.recompute import Outside
+    from re2tal_cli.train.recipe import Recipe, load_recipe
+    from re2tal_cli.train_tal import load_tal_backbone
+
+    for sets, expected in (
+        ([], Outside.RECOMPUTE),
+        (["backbone.outside=keep"], Outside.KEEP),
+        (["backbone.wiring=plain"], Outside.KEEP),
+        (["backbone.wiring=plain", "backbone.outside=recompute"], Outside.RECOMPUTE),
+    ):
+        cfg = load_recipe(str(recipe), sets, Recipe)
+        cfg.source.backbone = str(rewired)
+        assert load_tal_backbone(cfg).model.outside is expected, sets
