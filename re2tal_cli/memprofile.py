@@ -54,10 +54,20 @@ def memprofile(
     from re2tal_cli.memory.sweep import SweepAxis
     from re2tal_cli.models import get_arch
 
-    spec = get_arch(arch)
+    archs = arch.split(",")
+    spec = get_arch(archs[0])
+    for name in archs[1:]:
+        get_arch(name)
     if gpu is not None and gpu_mem is not None:
         raise BadInputError("give `gpu` or `gpu_mem`, not both")
-    target = gpus.get_gpu(gpu) if gpu is not None else gpus.custom_gpu(gpu_mem) if gpu_mem is not None else None
+    targets = [gpus.get_gpu(name) for name in gpu.split(",")] if gpu is not None else []
+    if gpu_mem is not None:
+        targets = [gpus.custom_gpu(gpu_mem)]
+    if len(targets) > 1 and sweep is None:
+        raise BadInputError("several GPUs (`gpu` a, b) are lines on a `sweep`'s figure; a report takes one")
+    if len(archs) > 1 and sweep != "depth":
+        raise BadInputError("several archs (`arch` a, b) need `sweep` depth: each one's series, side by side")
+    target = targets[0] if targets else None
     if largest is not None and target is None:
         raise BadInputError("`largest` needs a GPU: give `gpu` or `gpu_mem`")
     if largest is not None and largest not in ("frames", "batch"):
@@ -78,7 +88,7 @@ def memprofile(
 
         device = "cpu" if measure and not torch.cuda.is_available() else "cuda"
     base = StepConfig(
-        arch,
+        archs[0],
         frames if frames is not None else spec.input.num_frames,
         size if size is not None else spec.input.image_size,
         batch,
@@ -95,11 +105,14 @@ def memprofile(
     if axis is not None:
         from re2tal_cli.memory.sweep import sweep as run_sweep
 
-        series = run_sweep(base, axis, wirings, lambda done, total: notify(done, total, "estimates"))
+        configs = [replace(base, arch=name) for name in archs]
+        series = run_sweep(configs, axis, wirings, lambda done, total: notify(done, total, "estimates"))
         if plot is not None:
             from re2tal_cli.memory.plot import plot_sweep
 
-            plot_sweep(series, target, plot)
+            plot_sweep(series, targets, plot)
+        if len(targets) > 1:
+            gpu_json = [{"name": t.name, "usable_bytes": t.usable_bytes} for t in targets]
         return series.to_json() | {"gpu": gpu_json, "plot": None if plot is None else str(plot)}
     return {
         "config": base.to_json() | {"wiring": [w.value for w in wirings], "outside": outside or "recompute"},

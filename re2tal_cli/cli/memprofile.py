@@ -17,7 +17,7 @@ EPILOG = """Examples:
 
   re2tal memprofile --arch vit-b --frames 512 --size 224 --batch 2 --amp bf16 --gpu rtx-4090 --max frames
 
-  re2tal memprofile --arch swin3d-t --frames 512 --size 224 --sweep depth --gpu gtx-1080-ti --plot fig7.png
+  re2tal memprofile --arch swin3d-t,slowfast-r50 --frames 1024 --sweep depth --gpu gtx-1080-ti,a100-80gb --plot f7.png
 
   re2tal memprofile --arch swin3d-t --frames 1024 --size 224 --head actionformer --amp bf16 --gpu a100-80gb
 
@@ -26,7 +26,13 @@ EPILOG = """Examples:
 
 
 def main(
-    arch: Annotated[str, typer.Option(metavar="NAME", help="Architecture name (e.g. vit-b, swin3d-t, slowfast-r50).")],
+    arch: Annotated[
+        str,
+        typer.Option(
+            metavar="NAME",
+            help="Architecture name (e.g. vit-b, swin3d-t, slowfast-r50); with --sweep depth, several: a,b.",
+        ),
+    ],
     frames: Annotated[
         int | None, typer.Option(metavar="T", help="Frames per clip (default: the arch's pretraining T).")
     ] = None,
@@ -56,7 +62,11 @@ def main(
         ),
     ] = None,
     gpu: Annotated[
-        str | None, typer.Option(metavar="NAME", help="GPU from the catalogue (docs/memprofile.md), e.g. a100-40gb.")
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="GPU from the catalogue (docs/memprofile.md), e.g. a100-40gb; with --sweep, several: lines a,b.",
+        ),
     ] = None,
     gpu_mem: Annotated[
         float | None, typer.Option(metavar="GIB", help="Usable GPU memory in GiB, instead of --gpu.")
@@ -120,7 +130,8 @@ def _render_sweep(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    target = report["gpu"]
+    targets = report["gpu"] if isinstance(report["gpu"], list) else [report["gpu"]] if report["gpu"] else []
+    target = min(targets, key=lambda t: t["usable_bytes"], default=None)
     title = f"memprofile sweep over {report['axis']}: peak GiB per wiring"
     if target is not None:
         title += f" (limit: {target['name']}, {target['usable_bytes'] / 2**30:.1f} GiB usable)"

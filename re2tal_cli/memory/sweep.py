@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -18,7 +19,7 @@ from re2tal_cli.models import get_arch, list_archs
 
 
 class SweepAxis(enum.StrEnum):
-    DEPTH = "depth"  # the archs of --arch's family, smallest to largest
+    DEPTH = "depth"  # the archs of --arch's variant at every depth or size, smallest to largest
     FRAMES = "frames"  # halvings of --frames
     SIZE = "size"  # multiples of 32 up to --size
 
@@ -29,11 +30,13 @@ class Series:
     points: list[str]  # x labels
     values: list[int | float]  # x values (parameter count for depth)
     estimates: dict[str, list[Estimate]]  # wiring → one estimate per point
+    groups: list[int]  # per point: which of the swept configurations it comes from (several archs: one each)
 
     def to_json(self) -> dict:
         return {
             "axis": self.axis.value,
             "points": self.points,
+            "groups": self.groups,
             "x": self.values,
             "peak_bytes": {w: [e.total_peak for e in es] for w, es in self.estimates.items()},
             "estimates": {w: [e.to_json() for e in es] for w, es in self.estimates.items()},
@@ -43,15 +46,12 @@ class Series:
 def sweep_points(config: StepConfig, axis: SweepAxis) -> list[tuple[str, float, StepConfig]]:
     axis = SweepAxis(axis)
     if axis is SweepAxis.DEPTH:
-        family = get_arch(config.arch).family
-        seen, points = set(), []
-        for arch in list_archs(include_test=False):
-            if arch.family != family:
-                continue
-            with torch.device("meta"):
-                n = sum(p.numel() for p in arch.create(num_classes=0).parameters())
-            if n not in seen:  # the same network under another checkpoint layout
-                seen.add(n)
+        swept = get_arch(config.arch)
+        points = []
+        for arch in list_archs(include_test=swept.test_only):
+            if _variant(arch.name) == _variant(swept.name):
+                with torch.device("meta"):
+                    n = sum(p.numel() for p in arch.create(num_classes=0).parameters())
                 points.append((arch.name, float(n), replace(config, arch=arch.name)))
         return sorted(points, key=lambda p: p[1])
     if axis is SweepAxis.FRAMES:
@@ -66,16 +66,26 @@ def sweep_points(config: StepConfig, axis: SweepAxis) -> list[tuple[str, float, 
     return [(f"{s}²", float(s), replace(config, size=s)) for s in sizes]
 
 
+def _variant(name: str) -> str:
+    """An arch's name with its size or depth token starred: the archs of one variant differ only in it (swin3d-t,
+    -s, -b; slowfast-r50, -r101, -r152, but not slowfast-r50-4x16 or -mmaction; r3d-18 and r2plus1d-18 differ)."""
+    return re.sub(r"(?<=-)(r?\d+|[tsblh])(?=-|$)", "*", name, count=1)
+
+
 def sweep(
-    config: StepConfig,
+    configs: list[StepConfig],
     axis: SweepAxis,
     wirings: list[WiringName],
     progress: Callable[[int, int], None] | None = None,
 ) -> Series:
-    points = sweep_points(config, axis)
+    """The estimates along `axis` from each of `configs` (several archs: their series one after the other, as
+    Re²TAL's Fig. 7 sets Swin and SlowFast side by side), every wiring of `wirings`, in one `estimate_all`."""
+    per_config = [sweep_points(config, axis) for config in configs]
+    points = [point for group in per_config for point in group]
     flat = iter(estimate_all([replace(c, wiring=w) for w in wirings for _, _, c in points], progress=progress))
     estimates = {w.value: [next(flat) for _ in points] for w in wirings}
-    return Series(SweepAxis(axis), [p[0] for p in points], [p[1] for p in points], estimates)
+    groups = [k for k, group in enumerate(per_config) for _ in group]
+    return Series(SweepAxis(axis), [p[0] for p in points], [p[1] for p in points], estimates, groups)
 
 
 def max_fitting(config: StepConfig, gpu: Gpu, what: str) -> tuple[int, Estimate | None]:

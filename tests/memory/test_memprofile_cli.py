@@ -124,3 +124,27 @@ def test_long_requests_report_progress_and_json_stays_pure():
     assert any("largest frames" in what for *_, what in calls) and calls[-1][:2] == (1, 1)
     result = _run("--arch", "vit-tiny", "--frames", "8", "--size", "32", "--sweep", "frames", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["axis"] == "frames"
+
+
+def test_depth_sweeps_a_variant_and_several_archs_side_by_side(tmp_path):
+    """--sweep depth follows the arch's variant (Swin T/S/B; SlowFast 50/101/152 of one layout and rate); several
+    archs give their series one after the other, several GPUs their lines on the figure (Re²TAL's Fig. 7)."""
+    from re2tal_cli.memory.step import StepConfig
+    from re2tal_cli.memory.sweep import sweep_points
+
+    def names(arch):
+        return [p[0] for p in sweep_points(StepConfig(arch, 32, 224), "depth")]
+
+    assert names("swin3d-s") == ["swin3d-t", "swin3d-s", "swin3d-b"]
+    assert names("slowfast-r101") == ["slowfast-r50", "slowfast-r101", "slowfast-r152"]
+    assert names("slowfast-r50-4x16-mmaction")[-1] == "slowfast-r152-4x16-mmaction"
+    assert names("r3d-18") == ["r3d-18"] and names("tsm-r50") == ["tsm-r18", "tsm-r50"]
+    plot = tmp_path / "fig7.png"
+    args = ["--arch", "swin3d-tiny,vit-tiny", "--frames", "8", "--size", "32", "--sweep", "depth", "--json"]
+    result = _run(*args, "--gpu", "gtx-1080-ti,a100-80gb", "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["points"] == ["swin3d-tiny", "vit-tiny"] and data["groups"] == [0, 1]
+    assert [g["name"] for g in data["gpu"]] == ["gtx-1080-ti", "a100-80gb"] and plot.stat().st_size > 0
+    assert _run("--arch", "swin3d-tiny,vit-tiny").exit_code == 2  # several archs need --sweep depth
+    assert _run("--arch", "vit-tiny", "--gpu", "gtx-1080-ti,a100-80gb").exit_code == 2  # several GPUs need a sweep
