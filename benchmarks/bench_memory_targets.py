@@ -8,7 +8,9 @@ Parts:
            reversible network with the layers outside its stages kept (what the wiring did before), what is held
            outside the stages, the backward working set
   archs    every registered real arch at 1024×224² (fp16, + ActionFormer) and at its default input (fp32, backbone
-           alone): reversible ÷ checkpoint (every block and every layer outside them recomputed)
+           alone): reversible ÷ checkpoint (every block and every layer outside them recomputed) — of the step's
+           peaks, or of the forward/backward peaks where the optimizer's step sets both (it does not depend on the
+           wiring)
   depth    activations held for the backward (reversible) along depth: Swin T→S→B, SlowFast 50→101→152
 Each row's estimates come from the same `estimate_all` call; a ✗ marks a missed target.
 """
@@ -80,9 +82,13 @@ def main() -> int:
             for setting in (paper, dict(frames=arch.input.num_frames, size=arch.input.image_size)):
                 ckpt, rev = estimates(arch.name, [dict(wiring="checkpoint"), dict(wiring="reversible")], **setting)
                 ratio = rev.total_peak / ckpt.total_peak
+                cell = f"{ratio:.2f} ({rev.total_peak / GIB:.2f} / {ckpt.total_peak / GIB:.2f} GiB)"
+                if rev.peak_phase == ckpt.peak_phase == "optimizer":
+                    # the optimizer's step sets both peaks (the same whatever the wiring): compare the rest of the step
+                    ratio = _training_peak(rev) / _training_peak(ckpt)
+                    cell += f"; optimizer's peak in both, forward/backward {ratio:.2f}"
                 missed += ratio >= 1
-                cells.append(f"{ratio:.2f} ({rev.total_peak / GIB:.2f} / {ckpt.total_peak / GIB:.2f} GiB)"
-                             f"{' ✗' if ratio >= 1 else ''}")  # fmt: skip
+                cells.append(cell + (" ✗" if ratio >= 1 else ""))
             print(f"| {arch.name} | {cells[0]} | {cells[1]} |", flush=True)
 
     if args.part in ("depth", "all"):
@@ -100,6 +106,10 @@ def main() -> int:
 
     print(f"\n{missed} target(s) missed")
     return 1 if missed else 0
+
+
+def _training_peak(estimate) -> int:
+    return max(estimate.phases["forward"].total, estimate.phases["backward"].total)
 
 
 if __name__ == "__main__":

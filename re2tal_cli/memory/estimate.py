@@ -47,6 +47,7 @@ from re2tal_cli.memory.tracker import (
     cpu_kernel_workspace,
 )
 from re2tal_cli.models import swin_attention
+from re2tal_cli.reversible import pieces
 from re2tal_cli.reversible.guard import GuardStats
 
 
@@ -264,15 +265,18 @@ class _AcceptingGuard(GuardStats):
 @contextlib.contextmanager
 def _shape_only(owners: dict[str, nn.Module]) -> Iterator[None]:
     """The hooks the engine and the models offer for a run on tensors without values: the stages' guards accept
-    without reading an error, and Swin's attention computes only its first chunk of windows (every chunk allocates
-    and frees the same, so the peaks are the full loop's, at a cost that does not grow with the clip)."""
+    without reading an error, Swin's attention computes only its first chunk of windows, and a recompute in pieces of
+    time only its first and largest pieces (every chunk or piece frees what it makes before the next and none makes
+    more than the first chunk or the largest piece, so the peaks are the full loop's, at a cost that does not grow
+    with the clip)."""
     for stage in owners["backbone"].residual_stages():
         stage.guard = _AcceptingGuard()
-    saved, swin_attention.chunk_plan = swin_attention.chunk_plan, swin_attention.first_chunk
+    saved = swin_attention.chunk_plan, pieces.piece_plan
+    swin_attention.chunk_plan, pieces.piece_plan = swin_attention.first_chunk, pieces.first_and_largest
     try:
         yield
     finally:
-        swin_attention.chunk_plan = saved
+        swin_attention.chunk_plan, pieces.piece_plan = saved
 
 
 def _estimate_step(

@@ -26,6 +26,7 @@ from re2tal_cli.reversible.remake import keep, kept, mark
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
 
 PIECES = 4  # pieces a recompute is split into
+MAX_HALO_COST = 1.25  # a split may compute at most this many times the frames of the whole (halos overlap)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Piece:
 
 def time_pieces(length: int, locality: TimeLocality, count: int = PIECES) -> list[Piece]:
     """Up to `count` pieces covering `length` output frames, boundaries on `align`, none shorter than `min_frames`;
-    one piece (the whole) when the output is too short to split."""
+    one piece (the whole) when the output is too short to split or the halos would cost more than MAX_HALO_COST."""
     align = locality.align
     halo = -(-locality.halo // align) * align
     units = -(-length // align)
@@ -78,7 +79,27 @@ def time_pieces(length: int, locality: TimeLocality, count: int = PIECES) -> lis
     if bounds[-1][1] - bounds[-1][0] < locality.min_frames:  # a short remainder joins the piece before it
         last = bounds.pop()
         bounds[-1][1] = last[1]
-    return [Piece(t0, t1, max(0, t0 - halo), min(length, t1 + halo)) for t0, t1 in bounds]
+    pieces = [Piece(t0, t1, max(0, t0 - halo), min(length, t1 + halo)) for t0, t1 in bounds]
+    if sum(p.hi - p.lo for p in pieces) > MAX_HALO_COST * length:  # halos as long as the pieces: not worth it
+        return [Piece(0, length, 0, length)]
+    return pieces
+
+
+def every_piece(pieces: list[Piece]) -> list[Piece]:
+    return pieces
+
+
+def first_and_largest(pieces: list[Piece]) -> list[Piece]:
+    """The first piece and the largest (most input frames) of the others: what a shape-only run needs. Every piece
+    frees what it makes before the next begins; the first makes what the loop keeps (the output, the parameter
+    gradients), which every later piece has beside its own, so the peaks are the first's or the largest later
+    one's."""
+    return pieces[:1] + [max(pieces[1:], key=lambda p: p.hi - p.lo)] if len(pieces) > 1 else pieces
+
+
+# The pieces a call computes; a hook for callers that run on tensors without values: memprofile's fake-tensor
+# estimate sets `first_and_largest` while it runs (memory/estimate.py), as Swin's attention's `chunk_plan`.
+piece_plan: Callable[[list[Piece]], list[Piece]] = every_piece
 
 
 def split_ok(modules: Iterable[nn.Module]) -> bool:
@@ -104,9 +125,10 @@ def run_in_pieces(
     call draws (the generator replayed from `rng`, captured before); with `advance`, the generator ends where one
     whole call leaves it (the last piece draws from it)."""
     pieces = [None] if locality is None else time_pieces(_output_length(inputs, locality), locality)
+    computed = pieces if len(pieces) == 1 else piece_plan(pieces)
     out = None
-    for k, piece in enumerate(pieces):
-        replay = rng is not None and not (advance and k == len(pieces) - 1)
+    for k, piece in enumerate(computed):
+        replay = rng is not None and not (advance and k == len(computed) - 1)
         with rng.replay() if replay else contextlib.nullcontext():
             if piece is None:
                 return layer(*inputs)
@@ -175,7 +197,7 @@ class _Recomputed(torch.autograd.Function):
         wanted = [ctx.needs_input_grad[4 + i] for i in range(len(inputs))]
         input_grads = [torch.zeros_like(x) if w else None for x, w in zip(inputs, wanted, strict=True)]
         param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
-        pieces = [None] if where is None else time_pieces(grad_out.shape[where.out_dim], where)
+        pieces = [None] if where is None else piece_plan(time_pieces(grad_out.shape[where.out_dim], where))
         for piece in pieces:
             parts = list(inputs) if piece is None else _narrowed(piece, inputs, where)
             parts = [part.detach().requires_grad_(w) for part, w in zip(parts, wanted, strict=True)]

@@ -33,6 +33,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from re2tal_cli.reversible import pieces as pieces_module
 from re2tal_cli.reversible.guard import DEFAULT_TOLERANCE, REDUCED_PRECISION_TOLERANCE, GuardStats
 from re2tal_cli.reversible.pieces import TimeLocality, run_in_pieces, split_ok, time_pieces
 from re2tal_cli.reversible.recompute import checkpointed
@@ -320,7 +321,7 @@ def _block_backward(
     dim = locality.out_dim
     y_prev = x_next.pop() if x_next is not None else None  # xᵢ, becoming yᵢ₋₁ a piece at a time
     grad_in = _scaled_gradients(gx, gy, alpha, beta, gy_owned)  # the pieces' Jᵀ_F·gxᵢ are added (overlapping halos)
-    for piece in pieces:
+    for piece in pieces_module.piece_plan(pieces):
         x_in, fx = _recompute(ctx, i, f, piece.narrow_input(x_prev, dim, 1))
         with torch.enable_grad():  # (the backward runs without grad mode: a view taken there would have no graph)
             fx = piece.narrow_output(fx, dim)

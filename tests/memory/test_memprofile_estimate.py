@@ -209,3 +209,25 @@ def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
     pairs = 2 * sum(sizes)
     assert pairs <= kept <= pairs + 2.5 * sizes[-1] + 16 * 2**10
     assert kept_outside > 1.2 * kept
+
+
+@pytest.mark.parametrize("arch", ["slowfast-tiny", "swin3d-tiny"])
+def test_recomputes_in_pieces_on_fake_tensors_have_the_full_loops_peaks(monkeypatch, arch):
+    """The estimate computes only the first and the largest later piece of each recompute in pieces of time: the
+    peaks of every phase are those of computing all of them (to a few hundred bytes of small tensors)."""
+    from re2tal_cli.models import get_arch
+    from re2tal_cli.reversible import pieces
+
+    spec = get_arch(arch).input
+    configs = [
+        StepConfig(arch, 16 * spec.num_frames, spec.image_size, 1, wiring, device="cpu")
+        for wiring in ("checkpoint", "reversible")
+    ]
+    fast = estimate_all(configs, workers=0)
+    monkeypatch.setattr(pieces, "first_and_largest", pieces.every_piece)
+    full = estimate_all(configs, workers=0)
+    for a, b in zip(fast, full, strict=True):
+        assert a.operators < b.operators
+        assert a.phases.keys() == b.phases.keys()
+        for phase in a.phases:
+            assert abs(a.phases[phase].total - b.phases[phase].total) <= 1e-4 * b.phases[phase].total, phase

@@ -358,13 +358,25 @@ def test_build_overrides():
     assert model.head.out_features == 7
 
 
-@pytest.mark.parametrize("window, frames", [((4, 4, 4), 50), ((8, 4, 4), 70), ((3, 4, 4), 46)])
-def test_window_attention_recomputed_in_pieces_of_windows_exactly(window, frames):
+@pytest.mark.parametrize("window, frames", [((4, 4, 4), 390), ((8, 4, 4), 778), ((3, 4, 4), 298)])
+def test_window_attention_recomputed_in_pieces_of_windows_exactly(window, frames, monkeypatch):
     """Long clips (token depth D not a multiple of the window, shifted and unshifted blocks): attention is
     recomputed a piece of whole windows at a time, with the halos its shift and padding need, and the gradients
     equal autograd's."""
-    cfg = swin.Swin3dConfig(embed_dim=16, depths=(2, 2), heads=(1, 2), window=window, drop_path=0.2)
+    from re2tal_cli.reversible import pieces, stage
+
+    split = []
+    original = pieces.time_pieces
+
+    def time_pieces(length, locality, count=pieces.PIECES):
+        result = original(length, locality, count)
+        split.append((locality.halo, len(result)))
+        return result
+
+    monkeypatch.setattr(stage, "time_pieces", time_pieces)
+    cfg = swin.Swin3dConfig(embed_dim=8, depths=(2, 2), heads=(1, 2), window=window, drop_path=0.2)
     model = swin.SwinTransformer3d(cfg).double()
-    video = torch.randn(1, 3, frames, 32, 32, dtype=torch.float64)
+    video = torch.randn(1, 3, frames, 16, 16, dtype=torch.float64)
     report = check_reversibility(model, video, Coupling(0.0, 1.0))
     assert report.gradient_error_level < 1e-10 and report.output_error == 0 and report.fallbacks == 0, report
+    assert {(2 * window[0], 4), (0, 4)} <= set(split)  # shifted and unshifted attention blocks both in pieces

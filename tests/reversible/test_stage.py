@@ -400,7 +400,7 @@ def test_blocks_that_mix_time_recompute_in_pieces_with_halos_exactly(depth, coup
     """Pieces read `halo` frames beyond their own on each side and their input gradients are summed where the halos
     overlap: equal to autograd at odd and even depths with drop-path. With too small a halo they are not (the
     test can tell)."""
-    x = torch.randn(2, 10, 4, dtype=torch.float64)
+    x = torch.randn(2, 80, 4, dtype=torch.float64)
     for halo, equal in ((2, True), (1, False)):
         torch.manual_seed(0)
         blocks = [TemporalConvBlock(halo, drop_path=0.3) for _ in range(depth)]
@@ -410,8 +410,8 @@ def test_blocks_that_mix_time_recompute_in_pieces_with_halos_exactly(depth, coup
         blocks[-1].calls.clear()
         _, rev = grads_of(net, x, coupling, Execution.REVERSIBLE, rng_state=state)
         assert (gradient_error_level(rev, ref) < 1e-10) is equal, halo
-        if halo == 2:  # forward and recompute: 4 pieces of ≤ 3 frames, each with up to 2 frames on either side
-            assert blocks[-1].calls == [5, 7, 6, 3] * 2
+        if halo == 2:  # forward and recompute: 4 pieces of 20 frames, each with up to 2 frames on either side
+            assert blocks[-1].calls == [22, 24, 24, 22] * 2
 
 
 def test_time_pieces_cover_the_output_on_aligned_boundaries():
@@ -419,8 +419,8 @@ def test_time_pieces_cover_the_output_on_aligned_boundaries():
         Piece(0, 3, 0, 3), Piece(3, 6, 3, 6), Piece(6, 9, 6, 9), Piece(9, 10, 9, 10)
     ]  # fmt: skip
     # windows of 4: boundaries on multiples of 4, halos rounded up to whole windows, clipped at the ends
-    assert time_pieces(20, TimeLocality.same(1, halo=3, align=4)) == [
-        Piece(0, 8, 0, 12), Piece(8, 16, 4, 20), Piece(16, 20, 12, 20)
+    assert time_pieces(128, TimeLocality.same(1, halo=3, align=4)) == [
+        Piece(0, 32, 0, 36), Piece(32, 64, 28, 68), Piece(64, 96, 60, 100), Piece(96, 128, 92, 128)
     ]  # fmt: skip
     assert time_pieces(4, TimeLocality.same(1, align=4)) == [Piece(0, 4, 0, 4)]  # one window: whole
     assert time_pieces(6, TimeLocality.same(1, min_frames=2)) == [
@@ -430,6 +430,8 @@ def test_time_pieces_cover_the_output_on_aligned_boundaries():
     ]
     # a remainder shorter than min_frames joins the piece before it
     assert time_pieces(25, TimeLocality.same(1, align=4, min_frames=4))[-1] == Piece(16, 25, 16, 25)
+    # halos that would compute more than MAX_HALO_COST times the frames: whole
+    assert time_pieces(10, TimeLocality.same(1, halo=2)) == [Piece(0, 10, 0, 10)]
 
 
 @pytest.mark.gpu
