@@ -59,15 +59,16 @@ def test_batchnorm_in_training_mode_is_updated_once(arch):
     base = get_arch(arch).create(frozen_bn=False).double().train()
     video = tiny_video(arch)
     states = {}
-    for execution in (Execution.PLAIN, Execution.REVERSIBLE):
+    for execution in (Execution.PLAIN, Execution.CHECKPOINT, Execution.REVERSIBLE):
         model = copy.deepcopy(base)
-        model.set_wiring(Coupling(0.0, 1.0), execution)
+        model.set_wiring(Coupling(0.0, 1.0), execution)  # checkpoint and reversible recompute the outside layers
         model.feature_maps(video).square().sum().backward()
         states[execution] = batchnorm_state(model)
     before = batchnorm_state(base)
     assert any(not torch.equal(before[k], v) for k, v in states[Execution.PLAIN].items())
     for key, value in states[Execution.PLAIN].items():
-        assert torch.allclose(states[Execution.REVERSIBLE][key], value, rtol=0, atol=1e-12), key
+        for execution in (Execution.CHECKPOINT, Execution.REVERSIBLE):
+            assert torch.allclose(states[execution][key], value, rtol=0, atol=1e-12), (execution, key)
 
 
 @pytest.mark.parametrize("arch", TINY)
