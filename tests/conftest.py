@@ -18,3 +18,12 @@ def videos(tmp_path_factory):
     from tests.videos import make_videos
 
     return make_videos(tmp_path_factory)
+
+
+@pytest.fixture
+def pieces_at_any_size(monkeypatch):
+    """Recomputes split into pieces of time whatever the tensors' size (re2tal splits from MIN_SPLIT_BYTES on,
+    sizes a test cannot afford)."""
+    from re2tal_cli.reversible import pieces
+
+    monkeypatch.setattr(pieces, "MIN_SPLIT_BYTES", 0)

@@ -27,6 +27,7 @@ from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_
 
 PIECES = 4  # pieces a recompute is split into
 MAX_HALO_COST = 1.25  # a split may compute at most this many times the frames of the whole (halos overlap)
+MIN_SPLIT_BYTES = 32 * 2**20  # smaller inputs are run whole: the memory a split saves is not worth its calls
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,11 @@ def first_and_largest(pieces: list[Piece]) -> list[Piece]:
 piece_plan: Callable[[list[Piece]], list[Piece]] = every_piece
 
 
-def split_ok(modules: Iterable[nn.Module]) -> bool:
-    """Whether layers made of `modules` may be recomputed in pieces now (see the module docstring)."""
+def split_ok(modules: Iterable[nn.Module], inputs: Iterable[torch.Tensor]) -> bool:
+    """Whether layers made of `modules` may be recomputed in pieces now (see the module docstring), and it is worth
+    it on these `inputs`: one of them at least MIN_SPLIT_BYTES."""
+    if all(x.numel() * x.element_size() < MIN_SPLIT_BYTES for x in inputs):
+        return False
     for module in modules:
         for m in module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
@@ -163,7 +167,7 @@ def recomputed_in_pieces(
     `split_ok`), random draws and autocast replayed, BatchNorm statistics untouched, and returns the gradients of
     the inputs and of the modules' trainable parameters. The output can be made again the same way."""
     params = _parameters(modules)
-    locality = locality if split_ok(modules) else None
+    locality = locality if split_ok(modules, inputs) else None
     return _Recomputed.apply(layer, locality, tuple(modules), len(inputs), *inputs, *params)
 
 

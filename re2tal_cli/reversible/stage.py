@@ -178,7 +178,7 @@ class _ReversibleStageFunction(torch.autograd.Function):
         for f in stage.blocks:
             rng = RngState.capture(a.device) if training else None
             ctx.rng.append(rng)
-            x, y = _dual_step(_forward_of(f, rng), x, y, alpha, beta)
+            x, y = _dual_step(_forward_of(f, rng, x), x, y, alpha, beta)
         out = _output(x, y, beta)
         # The stage input (the guard's reference, the fallback's start) is kept, or how to make it again if the
         # layer before can (remake.py). The last pair is dead once the first block is inverted, so it is held where
@@ -272,7 +272,7 @@ def _replayed_forward(ctx, a: torch.Tensor) -> tuple[list[torch.Tensor], tuple[t
         for f, rng in zip(stage.blocks, ctx.rng, strict=True):
             xs.append(x)
             with _replayed(rng), running_stats_frozen(f):
-                x, y = _dual_step(_forward_of(f, rng), x, y, alpha, beta)
+                x, y = _dual_step(_forward_of(f, rng, x), x, y, alpha, beta)
     return xs, (x, y)
 
 
@@ -298,7 +298,7 @@ def _block_backward(
     f = ctx.stage.blocks[i]
     alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
     block_params = grads.of(f)
-    locality = _locality(f)
+    locality = _locality(f, x_prev)
     pieces = time_pieces(x_prev.shape[locality.out_dim], locality) if locality is not None else []
     if len(pieces) < 2:
         x_in, fx = _recompute(ctx, i, f, x_prev)
@@ -380,10 +380,10 @@ class _ParameterGradients:
                 self.values[k] = grad if self.values[k] is None else self.values[k].add_(grad)
 
 
-def _forward_of(f: nn.Module, rng: RngState | None):
-    """F as the graph-free forward runs it: a piece of time at a time when it is local (its transient is a piece's),
-    each piece drawing what one call draws."""
-    locality = _locality(f)
+def _forward_of(f: nn.Module, rng: RngState | None, x: torch.Tensor):
+    """F as the graph-free forward runs it on `x`: a piece of time at a time when it is local (its transient is a
+    piece's), each piece drawing what one call draws."""
+    locality = _locality(f, x)
     return f if locality is None else partial(_in_pieces, f, locality, rng)
 
 
@@ -391,10 +391,10 @@ def _in_pieces(f: nn.Module, locality: TimeLocality, rng: RngState | None, x: to
     return run_in_pieces(f, (x,), locality, rng, advance=True)
 
 
-def _locality(f: nn.Module) -> TimeLocality | None:
-    """How F reaches along time, as its module declares (`time_locality`), if its recompute may be split now."""
+def _locality(f: nn.Module, x: torch.Tensor) -> TimeLocality | None:
+    """How F reaches along time, as its module declares (`time_locality`), if running it on `x` may be split now."""
     locality = getattr(f, "time_locality", None)
-    return locality if locality is not None and split_ok([f]) else None
+    return locality if locality is not None and split_ok([f], [x]) else None
 
 
 def _narrow(t: torch.Tensor, dim: int, piece: slice) -> torch.Tensor:

@@ -186,6 +186,7 @@ def test_actionformer_head_is_counted_like_the_backbone_and_matches_a_measured_r
         assert e.phases[phase].total == pytest.approx(m.phases[phase], rel=0.02), phase
 
 
+@pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("arch", ["r3d-tiny", "slowfast-tiny", "swin3d-tiny", "vit-tiny", "tsm-tiny"])
 def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
     """What a reversible step keeps for its backward: each residual stage's last pair (two stage-sized tensors) —
@@ -211,6 +212,7 @@ def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
     assert kept_outside > 1.2 * kept
 
 
+@pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("arch", ["slowfast-tiny", "swin3d-tiny"])
 def test_recomputes_in_pieces_on_fake_tensors_have_the_full_loops_peaks(monkeypatch, arch):
     """The estimate computes only the first and the largest later piece of each recompute in pieces of time: the

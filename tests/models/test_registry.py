@@ -71,6 +71,7 @@ def test_batchnorm_in_training_mode_is_updated_once(arch):
             assert torch.allclose(states[execution][key], value, rtol=0, atol=1e-12), (execution, key)
 
 
+@pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("arch", TINY)
 def test_long_clips_recompute_in_pieces_of_time_exactly(arch, monkeypatch):
     """A clip long enough that the stages' blocks and the layers outside them (stems, first blocks, fusions, patch

@@ -358,6 +358,7 @@ def test_build_overrides():
     assert model.head.out_features == 7
 
 
+@pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("window, frames", [((4, 4, 4), 390), ((8, 4, 4), 778), ((3, 4, 4), 298)])
 def test_window_attention_recomputed_in_pieces_of_windows_exactly(window, frames, monkeypatch):
     """Long clips (token depth D not a multiple of the window, shifted and unshifted blocks): attention is

@@ -361,6 +361,7 @@ class TokenWiseBlock(MlpBlock):
         return super().forward(x)
 
 
+@pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("coupling", [Coupling(0.0, 1.0), Coupling(0.5, 0.5)], ids=["re2tal", "half"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_token_wise_blocks_recompute_in_pieces_exactly(coupling, dropout):
@@ -394,6 +395,7 @@ class TemporalConvBlock(nn.Module):
         return self.drop_path(torch.tanh(self.conv(x.transpose(1, 2)).transpose(1, 2)))
 
 
+@pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("depth", [1, 2, 3])
 @pytest.mark.parametrize("coupling", [Coupling(0.0, 1.0), Coupling(0.5, 0.5)], ids=["re2tal", "half"])
 def test_blocks_that_mix_time_recompute_in_pieces_with_halos_exactly(depth, coupling):
