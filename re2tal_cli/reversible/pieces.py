@@ -21,6 +21,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
 from re2tal_cli.reversible.remake import keep, kept, mark
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
@@ -209,6 +210,7 @@ class _Recomputed(torch.autograd.Function):
                 out = ctx.layer(*parts)
                 if piece is not None:
                     out = piece.narrow_output(out, where.out_dim)
+            out = get_gradient_edge(out)  # the output itself is not needed by its backward: freed before it
             g_out = grad_out if piece is None else grad_out.narrow(where.out_dim, piece.start, piece.stop - piece.start)
             targets = [part for part, w in zip(parts, wanted, strict=True) if w] + list(ctx.params)
             grads = iter(torch.autograd.grad(out, targets, g_out, allow_unused=True))

@@ -32,6 +32,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
 from re2tal_cli.reversible import pieces as pieces_module
 from re2tal_cli.reversible.guard import DEFAULT_TOLERANCE, REDUCED_PRECISION_TOLERANCE, GuardStats
@@ -309,6 +310,7 @@ def _block_backward(
                 y_prev.sub_(x_prev, alpha=alpha)
             if check_input:
                 y_prev = _reconstruction_error(x_prev, y_prev, kept_one(ctx, 0), beta)
+        fx = get_gradient_edge(fx)  # F's output itself is not needed by its backward: freed before the gradient
         grad_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
         del fx, x_in  # this block's recompute graph is dead: free it before the next block's
         grads.add(block_params, grad_params, gx, gy)
@@ -331,6 +333,7 @@ def _block_backward(
             if alpha:
                 y_piece.sub_(_narrow(x_prev, dim, own), alpha=alpha)
         g_out = gx.narrow(dim, piece.start, piece.stop - piece.start)
+        fx = get_gradient_edge(fx)  # (as above: the output freed before the gradient)
         g_piece, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], g_out, allow_unused=True)
         del fx, x_in
         grads.add(block_params, grad_params, gx, gy)
