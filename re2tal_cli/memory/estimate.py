@@ -266,13 +266,13 @@ class _AcceptingGuard(GuardStats):
 def _shape_only(owners: dict[str, nn.Module]) -> Iterator[None]:
     """The hooks the engine and the models offer for a run on tensors without values: the stages' guards accept
     without reading an error, Swin's attention computes only its first chunk of windows, and a recompute in pieces of
-    time only its first and largest pieces (every chunk or piece frees what it makes before the next and none makes
-    more than the first chunk or the largest piece, so the peaks are the full loop's, at a cost that does not grow
+    time only one piece of each shape (every chunk or piece frees what it makes before the next and none makes more
+    than the first chunk or the piece of its shape, so the peaks are the full loop's, at a cost that does not grow
     with the clip)."""
     for stage in owners["backbone"].residual_stages():
         stage.guard = _AcceptingGuard()
     saved = swin_attention.chunk_plan, pieces.piece_plan
-    swin_attention.chunk_plan, pieces.piece_plan = swin_attention.first_chunk, pieces.first_and_largest
+    swin_attention.chunk_plan, pieces.piece_plan = swin_attention.first_chunk, pieces.one_of_each_shape
     try:
         yield
     finally:

@@ -28,7 +28,7 @@ from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_
 
 PIECES = 4  # pieces a recompute is split into
 MAX_HALO_COST = 1.25  # a split may compute at most this many times the frames of the whole (halos overlap)
-MIN_SPLIT_BYTES = 32 * 2**20  # smaller inputs are run whole: the memory a split saves is not worth its calls
+MIN_SPLIT_BYTES = 2**20  # smaller inputs are run whole: the memory a split saves is not worth its calls
 
 
 @dataclass(frozen=True)
@@ -69,38 +69,47 @@ class Piece:
 
 
 def time_pieces(length: int, locality: TimeLocality, count: int = PIECES) -> list[Piece]:
-    """Up to `count` pieces covering `length` output frames, boundaries on `align`, none shorter than `min_frames`;
-    one piece (the whole) when the output is too short to split or the halos would cost more than MAX_HALO_COST."""
+    """Up to `count` pieces covering `length` output frames, boundaries on `align`, none shorter than `min_frames`,
+    as many as keep the halos' cost within MAX_HALO_COST (fewer on short inputs); one piece (the whole) when the
+    output is too short to split."""
+    for n in range(count, 1, -1):
+        pieces = _split(length, locality, n)
+        if len(pieces) > 1 and sum(p.hi - p.lo for p in pieces) <= MAX_HALO_COST * length:
+            return pieces
+    return [Piece(0, length, 0, length)]
+
+
+def _split(length: int, locality: TimeLocality, count: int) -> list[Piece]:
     align = locality.align
     halo = -(-locality.halo // align) * align
     units = -(-length // align)
     step = -(-units // count) * align
-    if count < 2 or step >= length or step < locality.min_frames:
+    if step >= length or step < locality.min_frames:
         return [Piece(0, length, 0, length)]
     bounds = [[t0, min(t0 + step, length)] for t0 in range(0, length, step)]
     if bounds[-1][1] - bounds[-1][0] < locality.min_frames:  # a short remainder joins the piece before it
         last = bounds.pop()
         bounds[-1][1] = last[1]
-    pieces = [Piece(t0, t1, max(0, t0 - halo), min(length, t1 + halo)) for t0, t1 in bounds]
-    if sum(p.hi - p.lo for p in pieces) > MAX_HALO_COST * length:  # halos as long as the pieces: not worth it
-        return [Piece(0, length, 0, length)]
-    return pieces
+    return [Piece(t0, t1, max(0, t0 - halo), min(length, t1 + halo)) for t0, t1 in bounds]
 
 
 def every_piece(pieces: list[Piece]) -> list[Piece]:
     return pieces
 
 
-def first_and_largest(pieces: list[Piece]) -> list[Piece]:
-    """The first piece and the largest (most input frames) of the others: what a shape-only run needs. Every piece
-    frees what it makes before the next begins; the first makes what the loop keeps (the output, the parameter
-    gradients), which every later piece has beside its own, so the peaks are the first's or the largest later
-    one's."""
-    return pieces[:1] + [max(pieces[1:], key=lambda p: p.hi - p.lo)] if len(pieces) > 1 else pieces
+def one_of_each_shape(pieces: list[Piece]) -> list[Piece]:
+    """The first piece and one piece of each other shape: what a shape-only run needs. Pieces of one shape make the
+    same tensors (and the same shape caches); every piece frees what it makes before the next begins; the first
+    makes what the loop keeps (the output, the parameter gradients), which every later piece has beside its own. So
+    these pieces have the whole loop's peaks."""
+    shapes: dict[tuple[int, int], Piece] = {}
+    for piece in pieces[1:]:
+        shapes.setdefault((piece.hi - piece.lo, piece.stop - piece.start), piece)
+    return pieces[:1] + list(shapes.values())
 
 
 # The pieces a call computes; a hook for callers that run on tensors without values: memprofile's fake-tensor
-# estimate sets `first_and_largest` while it runs (memory/estimate.py), as Swin's attention's `chunk_plan`.
+# estimate sets `one_of_each_shape` while it runs (memory/estimate.py), as Swin's attention's `chunk_plan`.
 piece_plan: Callable[[list[Piece]], list[Piece]] = every_piece
 
 

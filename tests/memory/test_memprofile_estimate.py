@@ -71,6 +71,7 @@ def test_reversible_stage_keeps_its_boundaries_only():
     assert e.stage_activations[0] <= 4 * tokens
 
 
+@pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("arch", ["r3d-tiny", "slowfast-tiny", "swin3d-tiny", "vit-tiny"])
 def test_estimate_cost_does_not_grow_with_the_clip(monkeypatch, arch):
     # A fake run costs per operator: what lets every configuration, however long the clip, be estimated exactly.
@@ -78,8 +79,8 @@ def test_estimate_cost_does_not_grow_with_the_clip(monkeypatch, arch):
     # recomputes are split into at most PIECES pieces of time, which both clips are long enough for.
     monkeypatch.setattr(swin_attention, "_CHUNK_BYTES", 1)
     spec = get_arch(arch).input
-    short = estimate(StepConfig(arch, 8 * spec.num_frames, spec.image_size, 1, "reversible", device="cpu"))
-    long = estimate(StepConfig(arch, 32 * spec.num_frames, spec.image_size, 2, "reversible", device="cpu"))
+    short = estimate(StepConfig(arch, 16 * spec.num_frames, spec.image_size, 1, "reversible", device="cpu"))
+    long = estimate(StepConfig(arch, 64 * spec.num_frames, spec.image_size, 2, "reversible", device="cpu"))
     assert 0 < long.operators <= short.operators
 
 
@@ -215,8 +216,8 @@ def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
 @pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("arch", ["slowfast-tiny", "swin3d-tiny"])
 def test_recomputes_in_pieces_on_fake_tensors_have_the_full_loops_peaks(monkeypatch, arch):
-    """The estimate computes only the first and the largest later piece of each recompute in pieces of time: the
-    peaks of every phase are those of computing all of them (to a few hundred bytes of small tensors)."""
+    """The estimate computes only one piece of each shape of each recompute in pieces of time: the peaks of every
+    phase are those of computing all of them."""
     from re2tal_cli.models import get_arch
     from re2tal_cli.reversible import pieces
 
@@ -226,10 +227,10 @@ def test_recomputes_in_pieces_on_fake_tensors_have_the_full_loops_peaks(monkeypa
         for wiring in ("checkpoint", "reversible")
     ]
     fast = estimate_all(configs, workers=0)
-    monkeypatch.setattr(pieces, "first_and_largest", pieces.every_piece)
+    monkeypatch.setattr(pieces, "one_of_each_shape", pieces.every_piece)
     full = estimate_all(configs, workers=0)
     for a, b in zip(fast, full, strict=True):
         assert a.operators < b.operators
         assert a.phases.keys() == b.phases.keys()
-        for phase in a.phases:
-            assert abs(a.phases[phase].total - b.phases[phase].total) <= 1e-4 * b.phases[phase].total, phase
+        for phase in a.phases:  # (to a few bytes: small per-piece scalars)
+            assert abs(a.phases[phase].total - b.phases[phase].total) <= 1e-5 * b.phases[phase].total, phase
