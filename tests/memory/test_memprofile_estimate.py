@@ -76,11 +76,12 @@ def test_reversible_stage_keeps_its_boundaries_only():
 def test_estimate_cost_does_not_grow_with_the_clip(monkeypatch, arch):
     # A fake run costs per operator: what lets every configuration, however long the clip, be estimated exactly.
     # Swin's attention gets chunks of a quarter token tensor, several per sample at both sizes, as on long clips;
-    # recomputes are split into at most PIECES pieces of time, which both clips are long enough for.
+    # recomputes are split into at most PIECES pieces of time (one of each shape computed), which both clips are long
+    # enough for.
     monkeypatch.setattr(swin_attention, "_CHUNK_BYTES", 1)
     spec = get_arch(arch).input
-    short = estimate(StepConfig(arch, 16 * spec.num_frames, spec.image_size, 1, "reversible", device="cpu"))
-    long = estimate(StepConfig(arch, 64 * spec.num_frames, spec.image_size, 2, "reversible", device="cpu"))
+    short = estimate(StepConfig(arch, 64 * spec.num_frames, spec.image_size, 1, "reversible", device="cpu"))
+    long = estimate(StepConfig(arch, 256 * spec.num_frames, spec.image_size, 2, "reversible", device="cpu"))
     assert 0 < long.operators <= short.operators
 
 
