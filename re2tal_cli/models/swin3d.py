@@ -86,10 +86,10 @@ class WindowAttentionBlock(nn.Module):
 
     @property
     def time_locality(self) -> TimeLocality:
-        """Windows are independent: a piece of whole windows along D is recomputed exactly from its own tokens. Its
-        edges need a halo where a piece's own padding and shift regions differ from the whole input's: the last
-        window of a piece (pieces at least a window long), and with a shift the first half window and the last
-        window and a half."""
+        """Windows are independent: a piece of whole windows along D is recomputed exactly from its own tokens, if it
+        is at least a window long (a shorter one would shrink its window and pad differently). Unshifted, that is
+        all; shifted, a piece's own shift regions differ from the whole input's in its first half window and its
+        last window and a half, so it reads two windows beyond its own on each side."""
         w = self.window[0]
         return TimeLocality.same(1, halo=2 * w if self.shift[0] else 0, align=w, min_frames=w)
 
