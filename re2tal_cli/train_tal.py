@@ -164,7 +164,7 @@ class TALJob:
         cfg, model = self.cfg, self.model
         collate = None
         if model.backbone is None:
-            multiple, max_len = model.localizer.config.downsample_factor, model.localizer.config.max_seq_len
+            multiple, max_len = model.localizer.pad_multiple, model.localizer.config.max_seq_len
 
             def collate(batch):
                 return collate_features(batch, multiple, max_len)
@@ -176,7 +176,7 @@ class TALJob:
         from re2tal_cli.train.tal import losses
 
         result = losses(self.model, batch, self.device, autocast)
-        return {k: result[k] for k in ("loss", "cls_loss", "reg_loss")}
+        return {k: v for k, v in result.items() if k == "loss" or k.endswith("_loss")}  # logged per step
 
     def residual_stages(self) -> list:
         return self.model.backbone.residual_stages() if self.model.backbone is not None else []
@@ -307,9 +307,10 @@ def _source(root, entry):
 
 
 def build_localizer(cfg: Recipe, channels: int, num_classes: int):
-    from re2tal_cli.localizers.actionformer import ActionFormer
+    from re2tal_cli.localizers import create_localizer
 
-    return ActionFormer(channels, num_classes, cfg.model.actionformer)
+    name = cfg.model.localizer
+    return create_localizer(name, channels, num_classes, getattr(cfg.model, name))
 
 
 def load_tal_backbone(cfg: Recipe):
@@ -341,11 +342,11 @@ def _frames_setup(cfg: Recipe, root, train_entries, val_entries, classes):
     localizer = build_localizer(cfg, backbone.out_channels, len(classes))
     model = TALModel(localizer, backbone, spec, frozen=cfg.source.mode is Mode.FROZEN,
                      feature_length=cfg.backbone.feature_length)  # fmt: skip
-    factor = localizer.config.downsample_factor
+    factor = localizer.pad_multiple
     if cfg.backbone.feature_length is not None:
         if cfg.backbone.feature_length % factor:
             raise BadRecipeError(f"recipe key backbone.feature_length ({cfg.backbone.feature_length}) must be a "
-                                 f"multiple of {factor} (the localizer's 2^num_branch_blocks)")  # fmt: skip
+                                 f"multiple of {factor} (the localizer's coarsest stride)")  # fmt: skip
         unit = backbone.min_frames
     else:
         unit = model.unit
@@ -379,7 +380,7 @@ def _features_setup(cfg: Recipe, train_entries, val_entries, classes):
 
     root = cfg.source.features
     read_feature_index(root)
-    common = dict(max_seq_len=cfg.model.actionformer.max_seq_len, trunc_thresh=cfg.data.trunc_thresh,
+    common = dict(max_seq_len=getattr(cfg.model, cfg.model.localizer).max_seq_len, trunc_thresh=cfg.data.trunc_thresh,
                   crop_ratio=cfg.data.crop_ratio, resample_to=cfg.data.resample_to, seed=cfg.seed)  # fmt: skip
     train_set = FeatureDataset(root, train_entries, classes, train=True, **common)
     val_set = FeatureDataset(root, val_entries, classes, train=False, **common)

@@ -50,7 +50,7 @@ def main(
         str,
         typer.Option(
             metavar="NAME",
-            help="Localizer trained on the features: none or actionformer (THUMOS-14 config, end to end).",
+            help="Localizer trained on the features: none or a localizer's name (actionformer: THUMOS-14 config).",
         ),
     ] = "none",
     outside: Annotated[

@@ -20,27 +20,24 @@ segment = [i·2^l - left·2^l, i·2^l + right·2^l]. `predict` does not clip seg
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from re2tal_cli.errors import BadInputError, UnknownNameError
 from re2tal_cli.localizers.assignment import assign_targets, make_points
+from re2tal_cli.localizers.base import Localizer
 from re2tal_cli.localizers.config import ActionFormerConfig
 from re2tal_cli.localizers.encoder import ConvTransformerEncoder
 from re2tal_cli.localizers.heads import ClassificationHead, RegressionHead
 from re2tal_cli.localizers.losses import detection_losses
 from re2tal_cli.localizers.neck import IdentityNeck
-from re2tal_cli.localizers.postprocess import Detections, PostprocessConfig, decode_video, postprocess_video
+from re2tal_cli.localizers.postprocess import Detections, decode_video, postprocess_video
 
-__all__ = ["ActionFormer", "LocalizerOutput", "pad_features"]
+__all__ = ["ActionFormer", "ActionFormerOutput"]
 
 
 @dataclass
-class LocalizerOutput:
+class ActionFormerOutput:
     """What `ActionFormer.forward` returns; one list entry per pyramid level l (T_l = T / 2^l)."""
 
     cls_logits: list[torch.Tensor]  # (B, T_l, K) per-class logits (independent sigmoids, no background class)
@@ -49,19 +46,12 @@ class LocalizerOutput:
     points: list[torch.Tensor]  # (T_l, 4) per step: position (feature steps), regression range low, high, stride
 
 
-class ActionFormer(nn.Module):
+class ActionFormer(Localizer):
     """ActionFormer on pre-computed (or end-to-end computed) features (B, C, T); see the module docstring."""
 
     def __init__(self, in_channels: int, num_classes: int, config: ActionFormerConfig | None = None):
-        super().__init__()
-        config = config or ActionFormerConfig()
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels <= 0:
-            raise BadInputError(f"in_channels must be a positive integer, got {in_channels!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
-            raise BadInputError(f"num_classes must be a positive integer, got {num_classes!r}")
-        self.config = config
-        self.in_channels = in_channels
-        self.num_classes = num_classes
+        super().__init__(in_channels, num_classes, config or ActionFormerConfig())
+        config = self.config
         self.encoder = ConvTransformerEncoder(in_channels, config)
         self.neck = IdentityNeck(config.num_levels, config.embed_dim, config.neck_layer_norm)
         head_shape = dict(
@@ -74,48 +64,33 @@ class ActionFormer(nn.Module):
         # EMA of positives per batch, the loss normaliser; a buffer so checkpoints resume with it
         self.register_buffer("loss_normalizer", torch.tensor(float(config.init_loss_normalizer)))
 
-    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> LocalizerOutput:
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> ActionFormerOutput:
         """feats (B, C, T) float, mask (B, T) bool (True = valid step; padding anywhere is ignored, usually at the
         end). T must be a multiple of `config.downsample_factor` (2^(levels-1)): pad with `pad_features`."""
-        self._check_input(feats, mask)
+        self.check_input(feats, mask)
         level_feats, level_masks = self.encoder(feats, mask)
         level_feats = self.neck(level_feats)
         points = make_points([m.shape[1] for m in level_masks], self.config.regression_ranges, feats.device)
-        return LocalizerOutput(
+        return ActionFormerOutput(
             cls_logits=self.cls_head(level_feats, level_masks),
             offsets=self.reg_head(level_feats, level_masks),
             masks=level_masks,
             points=points,
         )
 
-    def loss(
-        self, out: LocalizerOutput, segments: list[torch.Tensor], labels: list[torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Training losses of a batch.
-
-        segments[i]: (N_i, 2) float [start, end] in feature steps (module docstring); labels[i]: (N_i,) long in
-        [0, K). N_i = 0 is a window without actions. Returns {"loss": cls_loss + reg_loss_weight·reg_loss (to
-        backprop), "cls_loss", "reg_loss", "num_positives"}, all scalar tensors. In training mode each call first
-        moves the normaliser (EMA of positives) toward this batch's count; in eval mode it is used as is.
-        """
-        return self.loss_from_targets(out, *self.targets(out, segments, labels))
-
     def targets(
-        self, out: LocalizerOutput, segments: list[torch.Tensor], labels: list[torch.Tensor]
+        self, out: ActionFormerOutput, segments: list[torch.Tensor], labels: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Label assignment of a batch (arguments as `loss`): class targets (B, P, K) and offsets (B, P, 2) of every
-        point of every level (`assignment.py`). Checks the targets' values, so it reads them on the host."""
-        batch = out.masks[0].shape[0]
-        if len(segments) != batch or len(labels) != batch:
-            raise BadInputError(f"got {len(segments)} segment and {len(labels)} label tensors for a batch of {batch}")
-        points = torch.cat(out.points)  # (P, 4)
+        """Label assignment of a batch (`Localizer.loss`'s arguments), on the host: class targets (B, P, K) and
+        offsets (B, P, 2) of every point of every level (`assignment.py`), points made again from the levels'
+        lengths (the output's shapes)."""
+        points = torch.cat(make_points([m.shape[1] for m in out.masks], self.config.regression_ranges))  # (P, 4)
         cls_targets, reg_targets = [], []
         for video_segments, video_labels in zip(segments, labels, strict=True):
-            self._check_targets(video_segments, video_labels)
             cls_t, reg_t = assign_targets(
                 points,
-                video_segments.to(points.device),
-                video_labels.to(points.device),
+                video_segments.detach().cpu().float(),
+                video_labels.cpu(),
                 self.num_classes,
                 self.config.center_sample_radius,
             )
@@ -123,7 +98,7 @@ class ActionFormer(nn.Module):
             reg_targets.append(reg_t)
         return torch.stack(cls_targets), torch.stack(reg_targets)  # (B, P, K), (B, P, 2)
 
-    def loss_from_targets(self, out: LocalizerOutput, cls_targets: torch.Tensor, reg_targets: torch.Tensor) -> dict:
+    def loss_from_targets(self, out: ActionFormerOutput, cls_targets: torch.Tensor, reg_targets: torch.Tensor) -> dict:
         """`loss` given the targets of `targets`: tensor operations of fixed shapes only (no host synchronisation,
         and it runs under FakeTensorMode, which is how `re2tal memprofile` counts the localizer's memory)."""
         valid = torch.cat(out.masks, dim=1)  # (B, P)
@@ -151,7 +126,7 @@ class ActionFormer(nn.Module):
         }
 
     @torch.no_grad()
-    def predict(self, out: LocalizerOutput, **overrides) -> list[Detections]:
+    def predict(self, out: ActionFormerOutput, **overrides) -> list[Detections]:
         """Per video: Detections (segments (M, 2) in feature steps, scores (M,), labels (M,)), best first, after
         NMS. Keyword arguments override fields of `config.postprocess` for this call (e.g. `nms_method="hard"`)."""
         config = self.postprocess_config(**overrides)
@@ -166,68 +141,3 @@ class ActionFormer(nn.Module):
             )
             detections.append(postprocess_video(*candidates, config))
         return detections
-
-    def postprocess_config(self, **overrides) -> PostprocessConfig:
-        """`config.postprocess` with some fields replaced (validated; unknown names raise with a suggestion)."""
-        known = {f.name for f in dataclasses.fields(PostprocessConfig)}
-        for name in overrides:
-            if name not in known:
-                raise UnknownNameError("post-processing option", name, known)
-        return dataclasses.replace(self.config.postprocess, **overrides)
-
-    def _check_input(self, feats: torch.Tensor, mask: torch.Tensor) -> None:
-        if feats.ndim != 3 or feats.shape[1] != self.in_channels:
-            raise BadInputError(f"expected features (B, {self.in_channels}, T), got {tuple(feats.shape)}")
-        if mask.shape != (feats.shape[0], feats.shape[2]) or mask.dtype != torch.bool:
-            raise BadInputError(
-                f"expected a bool mask of shape {(feats.shape[0], feats.shape[2])}, got "
-                f"{mask.dtype} {tuple(mask.shape)}"
-            )
-        factor = self.config.downsample_factor
-        if feats.shape[2] == 0 or feats.shape[2] % factor:
-            raise BadInputError(
-                f"sequence length {feats.shape[2]} must be a positive multiple of {factor} (2^num_branch_blocks); "
-                f"pad with pad_features(..., multiple={factor})"
-            )
-
-    def _check_targets(self, segments: torch.Tensor, labels: torch.Tensor) -> None:
-        """Shapes, label range and segment order; run on the tensors as given (usually CPU: no device sync)."""
-        if segments.ndim != 2 or segments.shape[1] != 2 or labels.shape != (segments.shape[0],):
-            raise BadInputError(
-                f"expected segments (N, 2) and labels (N,), got {tuple(segments.shape)} and {tuple(labels.shape)}"
-            )
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise BadInputError(f"labels must be integer class indices, got {labels.dtype}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise BadInputError(f"labels must be in [0, {self.num_classes}), got {sorted(set(labels.tolist()))}")
-        if (segments[:, 1] < segments[:, 0]).any():
-            raise BadInputError(f"segments must be [start, end] with start ≤ end, got {segments.tolist()}")
-
-
-def pad_features(
-    feats: list[torch.Tensor], multiple: int, max_length: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch sequences (C, T_i) → features (B, C, T) zero-padded at the end, and mask (B, T) (True = valid step).
-
-    T is the longest T_i rounded up to `multiple` (pass `config.downsample_factor`). With `max_length`, every batch
-    gets the same T = max_length rounded up to `multiple` (fixed shapes, as the release trains with
-    `max_seq_len`), and a longer sequence raises BadInputError: crop it first.
-    """
-    if not feats:
-        raise BadInputError("pad_features needs at least one sequence")
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple <= 0:
-        raise BadInputError(f"multiple must be a positive integer, got {multiple!r}")
-    channels = {x.shape[0] for x in feats}
-    if any(x.ndim != 2 for x in feats) or len(channels) != 1:
-        raise BadInputError(f"expected sequences (C, T_i) with one C, got {[tuple(x.shape) for x in feats]}")
-    lengths = [x.shape[1] for x in feats]
-    longest = max(lengths)
-    if max_length is not None:
-        if longest > max_length:
-            raise BadInputError(f"a sequence has {longest} steps, more than max_length {max_length}: crop it")
-        longest = max_length
-    total = -(-max(longest, 1) // multiple) * multiple
-    padded = torch.stack([F.pad(x, (0, total - x.shape[1])) for x in feats])
-    steps = torch.arange(total, device=padded.device)
-    mask = steps[None, :] < torch.tensor(lengths, device=padded.device)[:, None]
-    return padded, mask

@@ -128,6 +128,10 @@ class ActionFormerConfig:
         return 2**self.num_branch_blocks
 
     @property
+    def pad_multiple(self) -> int:
+        return self.downsample_factor
+
+    @property
     def level_strides(self) -> tuple[int, ...]:
         return tuple(2**level for level in range(self.num_levels))
 

@@ -200,7 +200,7 @@ def subset_entries(annotations: dict[str, VideoEntry], subset: str, where) -> li
 
 def collate_features(batch: list[dict[str, Any]], multiple: int, max_length: int | None) -> dict[str, Any]:
     """Feature items → feats (B, C, T) zero-padded, mask (B, T), and per-video lists of the rest."""
-    from re2tal_cli.localizers.actionformer import pad_features
+    from re2tal_cli.localizers.base import pad_features
 
     feats, mask = pad_features([b["feats"] for b in batch], multiple, max_length)
     out = {"feats": feats, "mask": mask}

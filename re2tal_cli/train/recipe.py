@@ -133,7 +133,7 @@ class Backbone:
 class Model:
     """The localizer on the feature sequence."""
 
-    localizer: str = "actionformer"
+    localizer: str = "actionformer"  # which localizer trains; its section below configures it
     actionformer: ActionFormerConfig = field(default_factory=ActionFormerConfig)
 
 
@@ -205,9 +205,11 @@ class Recipe:
             raise BadRecipeError(f"recipe key data.trunc_thresh must be in [0, 1], got {self.data.trunc_thresh}")
         if self.data.crop_ratio is not None and not 0 < self.data.crop_ratio[0] <= self.data.crop_ratio[1] <= 1:
             raise BadRecipeError(f"recipe key data.crop_ratio must be 0 < low ≤ high ≤ 1, got {self.data.crop_ratio}")
-        if self.model.localizer != "actionformer":
+        from re2tal_cli.localizers import LOCALIZERS
+
+        if self.model.localizer not in LOCALIZERS:
             raise BadRecipeError(f"recipe key model.localizer: unknown localizer {self.model.localizer!r}; known: "
-                                 "actionformer")  # fmt: skip
+                                 f"{', '.join(LOCALIZERS)}")  # fmt: skip
 
 
 def _check_train(train: Train) -> None:

@@ -1,8 +1,8 @@
 """Temporal action localization: a localizer on a feature sequence, fed by a video backbone (end to end, or frozen)
 or by extracted features — the three arms of Re²TAL's comparison share everything else.
 
-    frames (B, 3, T, H, W) → backbone.temporal_features → (B, C, T / s) [→ resampled] → ActionFormer
-    features (B, C, N) ──────────────────────────────────────────────────────────────→ ActionFormer
+    frames (B, 3, T, H, W) → backbone.temporal_features → (B, C, T / s) [→ resampled] → localizer
+    features (B, C, N) ──────────────────────────────────────────────────────────────→ localizer
 
 `losses` takes a batch of either kind and returns the localizer's losses; `detect_video` turns one whole
 video into detections in seconds. Time axes and the grid are in `train/data.py`.
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from re2tal_cli.data.datasets import VideoEntry
-from re2tal_cli.localizers.actionformer import ActionFormer, LocalizerOutput, pad_features
+from re2tal_cli.localizers.base import Localizer, outputs_in_fp32, pad_features
 from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.train.data import Grid, feature_mask, frames_grid, resample, resample_mask, segments_on
 from re2tal_cli.train.loop import autocast_for
@@ -30,7 +30,7 @@ class TALModel(nn.Module):
 
     def __init__(
         self,
-        localizer: ActionFormer,
+        localizer: Localizer,
         backbone: VideoBackbone | None = None,
         input_spec: InputSpec | None = None,
         frozen: bool = False,
@@ -48,7 +48,7 @@ class TALModel(nn.Module):
     @property
     def unit(self) -> int:
         """Input frames per position of the coarsest pyramid level: a training window's length divides by it."""
-        return self.backbone.temporal_stride * self.localizer.config.downsample_factor
+        return self.backbone.temporal_stride * self.localizer.pad_multiple
 
     def train(self, mode: bool = True) -> TALModel:
         super().train(mode)
@@ -87,9 +87,9 @@ def losses(model: TALModel, batch: dict[str, Any], device: torch.device, autocas
     """The localizer's losses on a batch; the forward under `autocast`, the losses in fp32."""
     with autocast():
         feats, mask, segments, labels = model.localizer_inputs(batch, device)
+        feats, mask, segments, labels = model.localizer.training_batch(feats, mask, segments, labels)
         out = model.localizer(feats, mask)
-    out = LocalizerOutput([x.float() for x in out.cls_logits], [x.float() for x in out.offsets], out.masks, out.points)
-    return model.localizer.loss(out, segments, labels)
+    return model.localizer.loss(outputs_in_fp32(out), segments, labels)
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,11 @@ def detect_video(
         feats, grid = features["feats"], features["grid"]
     else:
         feats, grid = _whole_video_features(model, source, frames, device, amp)
-    padded, mask = pad_features([feats.to(device)], model.localizer.config.downsample_factor)
+    padded, mask = pad_features([feats.to(device)], model.localizer.pad_multiple)
     model.localizer.eval()
     with autocast_for(device, amp)():
         out = model.localizer(padded, mask)
-    out = LocalizerOutput([x.float() for x in out.cls_logits], [x.float() for x in out.offsets], out.masks, out.points)
-    (found,) = model.localizer.predict(out, **postprocess)
+    (found,) = model.localizer.predict(outputs_in_fp32(out), **postprocess)
     seconds = grid.seconds(found.segments.cpu().double()).clamp(0.0, entry.duration)
     return [
         {"segment": [round(s, 3), round(e, 3)], "score": score, "label": label}

@@ -10,7 +10,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from re2tal_cli.errors import BadInputError
 from re2tal_cli.memory.estimate import estimate, estimate_all
-from re2tal_cli.memory.head_loss import ActionFormerLoss
+from re2tal_cli.memory.head_loss import LocalizerLoss
 from re2tal_cli.memory.measure import measure
 from re2tal_cli.memory.step import StepConfig
 from re2tal_cli.memory.tracker import OPTIMIZER_STATE, PARAMETERS, StorageTracker
@@ -175,9 +175,8 @@ def test_actionformer_head_is_counted_like_the_backbone_and_matches_a_measured_r
     e, m = estimate(c), measure(c)
     backbone_only = estimate(replace(c, head=None))
     with torch.device("meta"):
-        n = sum(
-            p.numel() for p in ActionFormerLoss(get_arch("vit-tiny").create(num_classes=0).out_channels).parameters()
-        )
+        channels = get_arch("vit-tiny").create(num_classes=0).out_channels
+        n = sum(p.numel() for p in LocalizerLoss("actionformer", channels).parameters())
     assert e.parameter_count == {"backbone": _numel("vit-tiny"), "head": n}
     assert e.parameters["head"] == e.gradients["head"] == 4 * n
     assert e.optimizer_state == pytest.approx(backbone_only.optimizer_state + 2 * 4 * n, abs=8 * 1024)
