@@ -110,6 +110,8 @@ class TALJob:
     val_features: Any  # FeatureDataset of the validation subset (features mode)
     ext_scores: dict[str, list[float]] | None
     arch: str | None  # the backbone's architecture (frames modes)
+    fidelity: Any = None  # LoFi: the current update's train.lofi.Fidelity (None: full fidelity)
+    updates_per_epoch: int = 0
 
     @classmethod
     def build(cls, cfg: Recipe, device: torch.device) -> TALJob:
@@ -136,6 +138,8 @@ class TALJob:
             train_entries = [_agnostic(e) for e in train_entries]
         arch = None
         if cfg.source.mode is Mode.FEATURES:
+            if cfg.lofi.mode != "none":
+                raise BadRecipeError("recipe key lofi.mode: low fidelity reduces frames; a features run has none")
             model, train_set, val_features = _features_setup(cfg, train_entries, val_entries, classes)
         else:
             model, train_set, arch = _frames_setup(cfg, root, train_entries, val_entries, classes)
@@ -169,20 +173,37 @@ class TALJob:
             def collate(batch):
                 return collate_features(batch, multiple, max_len)
 
-        return make_loader(self.train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
-                           seed=cfg.seed, collate_fn=collate)  # fmt: skip
+        loader = make_loader(self.train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
+                             seed=cfg.seed, collate_fn=collate)  # fmt: skip
+        self.updates_per_epoch = -(-len(loader) // cfg.train.accumulate)
+        return loader
 
     def losses(self, batch, autocast) -> dict[str, torch.Tensor]:
+        from re2tal_cli.train.lofi import reduce_batch
         from re2tal_cli.train.tal import losses
 
-        result = losses(self.model, batch, self.device, autocast)
+        model, full_length = self.model, self.model.feature_length
+        if self.fidelity is not None:  # fewer frames give fewer features: T-LoFi's shorter sequences
+            batch = reduce_batch(batch, self.fidelity)
+            if full_length is not None:
+                model.feature_length = full_length // self.fidelity.temporal
+        try:
+            result = losses(model, batch, self.device, autocast)
+        finally:
+            model.feature_length = full_length
         return {k: v for k, v in result.items() if k == "loss" or k.endswith("_loss")}  # logged per step
 
     def residual_stages(self) -> list:
         return self.model.backbone.residual_stages() if self.model.backbone is not None else []
 
     def before_update(self, step: int) -> dict[str, Any]:
-        return {}
+        """LoFi: this update's fidelity (a function of the step: a resumed run continues the cycle)."""
+        from re2tal_cli.train.lofi import fidelity_at
+
+        if self.cfg.lofi.mode == "none":
+            return {}
+        self.fidelity = fidelity_at(self.cfg.lofi, step, self.updates_per_epoch)
+        return {"lofi": self.fidelity.name}
 
     def after_update(self) -> dict[str, Any]:
         return {}
@@ -263,30 +284,69 @@ class TALJob:
 def model_from_run(run: RunDir, checkpoint: str = "best"):
     """(model, recipe, meta) of a finished or running run: rebuilt from config.yaml and the checkpoint's meta alone
     (no dataset, no source checkpoint), with its weights — the EMA's when the run kept one."""
-    from re2tal_cli.models import get_arch
-    from re2tal_cli.reversible.wiring import Wiring
     from re2tal_cli.train.tal import TALModel
 
+    cfg, saved, meta = _read_run(run, checkpoint)
+    described = meta["model"]
+    localizer = build_localizer(cfg, described["channels"], len(described["classes"]))
+    if cfg.source.mode is Mode.FEATURES:
+        model = TALModel(localizer)
+    else:
+        backbone, arch = _run_backbone(described)
+        model = TALModel(localizer, backbone, arch.input, frozen=cfg.source.mode is Mode.FROZEN,
+                         feature_length=cfg.backbone.feature_length)  # fmt: skip
+    model.load_state_dict(saved.ema if saved.ema is not None else saved.model)
+    return model.eval(), cfg, meta
+
+
+def backbone_of_run(root, where_defined: dict):
+    """The backbone a frames run trained (LoFi-E2E's stage 2 → the frozen encoder of stage 3), as a LoadedBackbone:
+    its best checkpoint's weights (the EMA's when kept), built with the fields of `where_defined` that its
+    architecture has (a new recipe's drop_path, frozen_bn)."""
+    from re2tal_cli.checkpoint import LoadedBackbone
+    from re2tal_cli.models.registry import ConvertedCheckpoint
+    from re2tal_cli.reversible.wiring import Wiring
+
+    run = RunDir(root)
+    cfg, saved, meta = _read_run(run, "best")
+    if cfg.source.mode is Mode.FEATURES:
+        raise BadInputError(f"{run.root}: a features run has no backbone to train on")
+    backbone, arch = _run_backbone(meta["model"], where_defined)
+    weights = saved.ema if saved.ema is not None else saved.model
+    state = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+    backbone.load_state_dict(state)
+    source = f"{run.root} ({meta['checkpoint']} checkpoint, epoch {meta['epoch']}, {meta['weights']} weights)"
+    converted = ConvertedCheckpoint(state, "re2tal train-tal run")
+    wiring = Wiring.of(backbone) or Wiring()
+    return LoadedBackbone(backbone, arch.name, "train-tal run", source, run.checkpoints / meta["checkpoint"], converted,
+                          wiring)  # fmt: skip
+
+
+def _read_run(run: RunDir, checkpoint: str):
+    """(recipe, checkpoint, meta) of a run: `checkpoint` (best or last) if written, else the last."""
     if not run.config.is_file():
         raise BadInputError(f"{run.root}: not a train-tal run (no config.yaml)")
     cfg = run.read_recipe(Recipe)
     name = checkpoint if (run.checkpoints / checkpoint / "meta.json").is_file() else "last"
     saved = run.load_checkpoint(name, weights_only=True)
-    described = saved.meta["model"]
-    localizer = build_localizer(cfg, described["channels"], len(described["classes"]))
-    if cfg.source.mode is Mode.FEATURES:
-        model = TALModel(localizer)
-    else:
-        spec = get_arch(described["arch"])
-        saved_config = described["backbone_config"]  # the family's config as trained (head, final norm, …)
-        backbone = spec.create(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved_config.items()})
-        if described["wiring"] is not None:
-            Wiring.from_json(described["wiring"]).apply(backbone)
-        model = TALModel(localizer, backbone, spec.input, frozen=cfg.source.mode is Mode.FROZEN,
-                         feature_length=cfg.backbone.feature_length)  # fmt: skip
-    model.load_state_dict(saved.ema if saved.ema is not None else saved.model)
     meta = {**saved.meta, "checkpoint": name, "weights": "ema" if saved.ema is not None else "model"}
-    return model.eval(), cfg, meta
+    return cfg, saved, meta
+
+
+def _run_backbone(described: dict, where_defined: dict | None = None):
+    """The backbone a checkpoint's meta describes (architecture, config as trained, wiring), and its Arch."""
+    from dataclasses import fields
+
+    from re2tal_cli.models import get_arch
+    from re2tal_cli.reversible.wiring import Wiring
+
+    spec = get_arch(described["arch"])
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in described["backbone_config"].items()}
+    known = {f.name for f in fields(spec.config)}
+    backbone = spec.create(**{**config, **{k: v for k, v in (where_defined or {}).items() if k in known}})
+    if described["wiring"] is not None:
+        Wiring.from_json(described["wiring"]).apply(backbone)
+    return backbone, spec
 
 
 def frames_input(cfg: Recipe):
@@ -320,7 +380,13 @@ def load_tal_backbone(cfg: Recipe):
     overrides = {"frozen_bn": cfg.backbone.frozen_bn}
     if cfg.backbone.drop_path is not None:
         overrides["drop_path"] = cfg.backbone.drop_path
-    loaded = load_backbone(cfg.source.backbone, cfg.source.arch, where_defined=overrides)
+    source = cfg.source.backbone
+    if Path(source).is_dir() and (Path(source) / "config.yaml").is_file():  # a train-tal run: the backbone it trained
+        if cfg.source.arch is not None:
+            raise BadInputError(f"{source}: a train-tal run names its backbone's architecture; give no `arch`")
+        loaded = backbone_of_run(source, overrides)
+    else:
+        loaded = load_backbone(source, cfg.source.arch, where_defined=overrides)
     if cfg.backbone.wiring is not None or cfg.backbone.outside is not None:
         from dataclasses import replace
 
@@ -355,6 +421,7 @@ def _frames_setup(cfg: Recipe, root, train_entries, val_entries, classes):
             f"recipe key data.num_frames ({cfg.data.num_frames}) must be a multiple of {unit} (the backbone's "
             f"temporal stride × the localizer's downsampling)"
         )
+    _check_fidelities(cfg, backbone, unit, factor)
     from re2tal_cli.data.datasets import find_media
     from re2tal_cli.data.video import check_readable
 
@@ -372,6 +439,27 @@ def _frames_setup(cfg: Recipe, root, train_entries, val_entries, classes):
         in_memory=cfg.data.in_memory, entries=train_entries,
     )  # fmt: skip
     return model, train_set, loaded.arch
+
+
+def _check_fidelities(cfg: Recipe, backbone, unit: int, factor: int) -> None:
+    """Every LoFi configuration of the recipe gives a batch the backbone and the localizer take."""
+    from re2tal_cli.train.lofi import fidelities, reduced_size
+
+    for fidelity in fidelities(cfg.lofi):
+        where = (f"recipe key lofi.mode {cfg.lofi.mode} ({fidelity.name}: r_s {fidelity.spatial:g}, "
+                 f"r_t {fidelity.temporal})")  # fmt: skip
+        frames, size = reduced_size(cfg.data.num_frames, cfg.data.size, fidelity)
+        if cfg.data.num_frames % fidelity.temporal:
+            raise BadRecipeError(f"{where}: data.num_frames {cfg.data.num_frames} does not divide by r_t")
+        length = cfg.backbone.feature_length
+        if length is not None and (length % fidelity.temporal or (length // fidelity.temporal) % factor):
+            raise BadRecipeError(f"{where}: backbone.feature_length {length} / r_t must be a multiple of {factor}")
+        if length is None and frames % unit:
+            raise BadRecipeError(f"{where}: {frames} frames is not a multiple of {unit} (the backbone's temporal "
+                                 f"stride × the localizer's downsampling)")  # fmt: skip
+        problem = backbone.input_problem(frames, size, size)
+        if problem is not None:
+            raise BadRecipeError(f"{where}: {problem}")
 
 
 def _features_setup(cfg: Recipe, train_entries, val_entries, classes):

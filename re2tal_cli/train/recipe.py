@@ -63,6 +63,15 @@ class Protocol(enum.StrEnum):
     ANET = "anet"  # tIoU 0.5:0.05:0.95
 
 
+class LofiMode(enum.StrEnum):
+    NONE = "none"  # full fidelity
+    S = "s"  # spatial: H/r_s × W/r_s
+    T = "t"  # temporal: every r_t-th frame
+    ST = "st"  # both, with st_r_s and st_r_t
+    CYCLIC_SHORT = "cyclic-short"  # s → t → st, every short_cycle updates
+    CYCLIC_LONG = "cyclic-long"  # s → t → st, every long_cycle epochs (LoFi-E2E's default)
+
+
 class WiringChoice(enum.StrEnum):
     PLAIN = "plain"
     CHECKPOINT = "checkpoint"
@@ -138,6 +147,20 @@ class Model:
 
 
 @dataclass
+class Lofi:
+    """Low-fidelity end-to-end training (LoFi-E2E, train/lofi.py): training batches at reduced spatial and/or temporal
+    resolution; evaluation at full fidelity. Defaults are the paper's §4.3 settings."""
+
+    mode: LofiMode = LofiMode.NONE
+    r_s: float = 2.0  # s: spatial factor
+    r_t: int = 4  # t: temporal factor
+    st_r_s: float = 1.4142135623730951  # st: spatial factor (√2)
+    st_r_t: int = 2  # st: temporal factor
+    short_cycle: int = 16  # cyclic-short: optimizer updates per configuration (c_s)
+    long_cycle: int = 1  # cyclic-long: epochs per configuration (c_l)
+
+
+@dataclass
 class Train:
     epochs: int = 30  # epochs run
     warmup_epochs: float = 5.0  # linear warm-up, per iteration
@@ -173,6 +196,7 @@ class Recipe:
     data: Data = field(default_factory=Data)
     backbone: Backbone = field(default_factory=Backbone)
     model: Model = field(default_factory=Model)
+    lofi: Lofi = field(default_factory=Lofi)
     train: Train = field(default_factory=Train)
     eval: Eval = field(default_factory=Eval)
 
@@ -205,11 +229,21 @@ class Recipe:
             raise BadRecipeError(f"recipe key data.trunc_thresh must be in [0, 1], got {self.data.trunc_thresh}")
         if self.data.crop_ratio is not None and not 0 < self.data.crop_ratio[0] <= self.data.crop_ratio[1] <= 1:
             raise BadRecipeError(f"recipe key data.crop_ratio must be 0 < low ≤ high ≤ 1, got {self.data.crop_ratio}")
+        _check_lofi(self.lofi)
         from re2tal_cli.localizers import LOCALIZERS
 
         if self.model.localizer not in LOCALIZERS:
             raise BadRecipeError(f"recipe key model.localizer: unknown localizer {self.model.localizer!r}; known: "
                                  f"{', '.join(LOCALIZERS)}")  # fmt: skip
+
+
+def _check_lofi(lofi: Lofi) -> None:
+    for key in ("r_s", "st_r_s"):
+        if not getattr(lofi, key) >= 1:
+            raise BadRecipeError(f"recipe key lofi.{key} must be at least 1, got {getattr(lofi, key)}")
+    for key in ("r_t", "st_r_t", "short_cycle", "long_cycle"):
+        if getattr(lofi, key) < 1:
+            raise BadRecipeError(f"recipe key lofi.{key} must be at least 1, got {getattr(lofi, key)}")
 
 
 def _check_train(train: Train) -> None:
