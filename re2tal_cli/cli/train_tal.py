@@ -37,7 +37,8 @@ def main(
         str | None,
         typer.Option(
             metavar="CHECKPOINT",
-            help="Train end to end on frames from this backbone (a rewire output, any checkpoint, hf://).",
+            help="Train end to end on frames from this backbone (a rewire output, any checkpoint, hf://, or a "
+            "train-tal run: the backbone it trained).",
         ),
     ] = None,
     arch: Arch = None,
