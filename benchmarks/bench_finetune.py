@@ -52,18 +52,11 @@ def accuracy_without_training(clips: Path, backbone: Path, schedule: str, args, 
     return float(out.strip().splitlines()[-1])
 
 
-def evaluate_only(clips: str, backbone: str, schedule: str, work: Path, frames: int, size: int, batch: int) -> float:
-    import torch
-
-    from re2tal_cli.finetune import FinetuneJob, _new_recipe
-    from re2tal_cli.train.run import RunDir
+def evaluate_only(clips: str, backbone: str, schedule: str, frames: int, size: int, batch: int) -> float:
+    from re2tal_cli.finetune import clip_accuracy
 
     sets = [f"data.num_frames={frames}", f"data.size={size}", f"train.batch_size={batch}", "backbone.frozen_bn=false"]
-    cfg = _new_recipe(backbone, clips, None, schedule, "synthetic", sets, None, 0, None)
-    job = FinetuneJob.build(cfg, torch.device("cpu"))
-    scratch = RunDir(work / f"eval-{schedule}")
-    scratch.root.mkdir(parents=True, exist_ok=True)
-    return job.evaluate(scratch, None, 0, 0, lambda *a: None)["top1"]
+    return clip_accuracy(backbone, clips, schedule=schedule, sets=sets)
 
 
 def main() -> None:
@@ -84,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.evaluate_only:
         clips, backbone, schedule = args.evaluate_only
-        print(evaluate_only(clips, backbone, schedule, args.work, args.frames, args.size, args.batch))
+        print(evaluate_only(clips, backbone, schedule, args.frames, args.size, args.batch))
         return
 
     work = args.work

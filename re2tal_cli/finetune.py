@@ -83,6 +83,28 @@ def finetune(
     )
 
 
+def clip_accuracy(
+    checkpoint: str,
+    data: str | os.PathLike,
+    *,
+    schedule: str = "re2",
+    recipe: str | os.PathLike | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    device: str = "cpu",
+) -> float:
+    """Top-1 on the validation clips of `checkpoint` at the first coupling of `schedule` (re2: α=0, β=1 — a rewired
+    network as it is; none: the original network), without a training step: the accuracy a finetune starts from."""
+    import tempfile
+
+    from re2tal_cli.train.run import RunDir
+
+    cfg = _new_recipe(checkpoint, data, None, schedule, recipe, sets, None, None, None)
+    job = FinetuneJob.build(cfg, torch.device(device))
+    job.model.to(job.device)
+    with tempfile.TemporaryDirectory() as scratch:
+        return job.evaluate(RunDir(scratch), None, 0, 0, lambda *a: None)["top1"]
+
+
 def _new_recipe(checkpoint, data, arch, schedule, recipe, sets, epochs, seed, amp) -> FinetuneRecipe:
     from re2tal_cli.train.recipe import load_recipe
 
