@@ -396,11 +396,15 @@ class VSGN(Localizer):
 
         batch = feats.shape[0]
         cls_logits = torch.cat(
-            [self.cls_tower(x, m).transpose(1, 2).reshape(batch, -1, self.num_logits) for x, m in zip(decoded, masks)],
+            [
+                self.cls_tower(x, m).transpose(1, 2).reshape(batch, -1, self.num_logits)
+                for x, m in zip(decoded, masks, strict=True)
+            ],
             dim=1,
         )
         offsets = torch.cat(
-            [self.reg_tower(x, m).transpose(1, 2).reshape(batch, -1, 2) for x, m in zip(decoded, masks)], dim=1
+            [self.reg_tower(x, m).transpose(1, 2).reshape(batch, -1, 2) for x, m in zip(decoded, masks, strict=True)],
+            dim=1,
         )
         anchors = make_anchors([m.shape[1] for m in masks], config.level_strides, config.anchor_scales, feats.device)
         proposals = decode_offsets(offsets.float(), anchors)
