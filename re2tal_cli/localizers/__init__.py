@@ -11,6 +11,8 @@ from re2tal_cli.localizers.actionformer import ActionFormer, ActionFormerOutput
 from re2tal_cli.localizers.base import Localizer, outputs_in_fp32, pad_features
 from re2tal_cli.localizers.config import ActionFormerConfig
 from re2tal_cli.localizers.postprocess import Detections, NmsMethod, PostprocessConfig
+from re2tal_cli.localizers.vsgn import VSGN, VSGNOutput
+from re2tal_cli.localizers.vsgn_config import VSGNConfig
 
 __all__ = [
     "LOCALIZERS",
@@ -21,6 +23,9 @@ __all__ = [
     "Localizer",
     "NmsMethod",
     "PostprocessConfig",
+    "VSGN",
+    "VSGNConfig",
+    "VSGNOutput",
     "create_localizer",
     "outputs_in_fp32",
     "pad_features",
@@ -29,6 +34,7 @@ __all__ = [
 # name → (localizer class, its config class); recipes name a localizer and configure it in a section of that name
 LOCALIZERS: dict[str, tuple[type[Localizer], type]] = {
     "actionformer": (ActionFormer, ActionFormerConfig),
+    "vsgn": (VSGN, VSGNConfig),
 }
 
 
