@@ -10,6 +10,8 @@ from re2tal_cli.errors import UnknownNameError
 from re2tal_cli.localizers.actionformer import ActionFormer, ActionFormerOutput
 from re2tal_cli.localizers.base import Localizer, outputs_in_fp32, pad_features
 from re2tal_cli.localizers.config import ActionFormerConfig
+from re2tal_cli.localizers.gtad import GTAD, GTADOutput
+from re2tal_cli.localizers.gtad_config import GTADConfig
 from re2tal_cli.localizers.postprocess import Detections, NmsMethod, PostprocessConfig
 
 __all__ = [
@@ -18,6 +20,9 @@ __all__ = [
     "ActionFormerConfig",
     "ActionFormerOutput",
     "Detections",
+    "GTAD",
+    "GTADConfig",
+    "GTADOutput",
     "Localizer",
     "NmsMethod",
     "PostprocessConfig",
@@ -29,6 +34,7 @@ __all__ = [
 # name → (localizer class, its config class); recipes name a localizer and configure it in a section of that name
 LOCALIZERS: dict[str, tuple[type[Localizer], type]] = {
     "actionformer": (ActionFormer, ActionFormerConfig),
+    "gtad": (GTAD, GTADConfig),
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from re2tal_cli.errors import BadInputError, BadRecipeError
 from re2tal_cli.localizers.config import ActionFormerConfig
+from re2tal_cli.localizers.gtad_config import GTADConfig
 from re2tal_cli.reversible.recompute import Outside
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -135,6 +136,7 @@ class Model:
 
     localizer: str = "actionformer"  # which localizer trains; its section below configures it
     actionformer: ActionFormerConfig = field(default_factory=ActionFormerConfig)
+    gtad: GTADConfig = field(default_factory=GTADConfig)
 
 
 @dataclass
