@@ -51,6 +51,7 @@ class Amp(enum.StrEnum):
 
 class Optimizer(enum.StrEnum):
     ADAMW = "adamw"
+    ADAM = "adam"  # weight decay as an L2 term in the gradient (G-TAD's and BMN's optimizer)
     SGD = "sgd"  # with momentum 0.9
 
 
