@@ -10,6 +10,8 @@ from re2tal_cli.errors import UnknownNameError
 from re2tal_cli.localizers.actionformer import ActionFormer, ActionFormerOutput
 from re2tal_cli.localizers.base import Localizer, outputs_in_fp32, pad_features
 from re2tal_cli.localizers.config import ActionFormerConfig
+from re2tal_cli.localizers.gtad import GTAD, GTADOutput
+from re2tal_cli.localizers.gtad_config import GTADConfig
 from re2tal_cli.localizers.postprocess import Detections, NmsMethod, PostprocessConfig
 from re2tal_cli.localizers.vsgn import VSGN, VSGNOutput
 from re2tal_cli.localizers.vsgn_config import VSGNConfig
@@ -20,6 +22,9 @@ __all__ = [
     "ActionFormerConfig",
     "ActionFormerOutput",
     "Detections",
+    "GTAD",
+    "GTADConfig",
+    "GTADOutput",
     "Localizer",
     "NmsMethod",
     "PostprocessConfig",
@@ -35,6 +40,7 @@ __all__ = [
 LOCALIZERS: dict[str, tuple[type[Localizer], type]] = {
     "actionformer": (ActionFormer, ActionFormerConfig),
     "vsgn": (VSGN, VSGNConfig),
+    "gtad": (GTAD, GTADConfig),
 }
 
 

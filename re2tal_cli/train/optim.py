@@ -27,10 +27,12 @@ def param_groups(parts: list[tuple[str, nn.Module, float, float]]) -> list[dict]
 
 
 def make_optimizer(kind: str, parts: list[tuple[str, nn.Module, float, float]]) -> torch.optim.Optimizer:
-    """AdamW, or SGD with momentum 0.9, over `param_groups(parts)`."""
+    """AdamW, Adam (weight decay added to the gradient), or SGD with momentum 0.9, over `param_groups(parts)`."""
     groups = param_groups(parts)
     if kind == "adamw":
         return torch.optim.AdamW(groups)
+    if kind == "adam":
+        return torch.optim.Adam(groups)
     return torch.optim.SGD(groups, momentum=0.9)
 
 

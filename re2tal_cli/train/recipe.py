@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from re2tal_cli.errors import BadInputError, BadRecipeError
 from re2tal_cli.localizers.config import ActionFormerConfig
+from re2tal_cli.localizers.gtad_config import GTADConfig
 from re2tal_cli.localizers.vsgn_config import VSGNConfig
 from re2tal_cli.reversible.recompute import Outside
 
@@ -51,6 +52,7 @@ class Amp(enum.StrEnum):
 
 class Optimizer(enum.StrEnum):
     ADAMW = "adamw"
+    ADAM = "adam"  # weight decay as an L2 term in the gradient (G-TAD's and BMN's optimizer)
     SGD = "sgd"  # with momentum 0.9
 
 
@@ -146,6 +148,7 @@ class Model:
     localizer: str = "actionformer"  # which localizer trains; its section below configures it
     actionformer: ActionFormerConfig = field(default_factory=ActionFormerConfig)
     vsgn: VSGNConfig = field(default_factory=VSGNConfig)
+    gtad: GTADConfig = field(default_factory=GTADConfig)
 
 
 @dataclass

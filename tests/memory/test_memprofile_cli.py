@@ -76,7 +76,7 @@ def test_table_renders():
         (["--arch", "vit-tiny", "--max", "frames"], "--max needs a GPU"),
         (["--arch", "vit-tiny", "--gpu", "h100", "--gpu-mem", "3"], "not both"),
         (["--arch", "vit-tiny", "--plot", "x.png"], "--plot draws a --sweep"),
-        (["--arch", "vit-tiny", "--head", "vsgn"], "--head must be none or actionformer, got 'vsgn'"),
+        (["--arch", "vit-tiny", "--head", "bmn"], "--head must be none, actionformer"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, message):

@@ -244,3 +244,24 @@ def test_recipe_says_what_the_backbone_keeps_outside_its_stages(rewired, recipe)
         cfg = load_recipe(str(recipe), sets, Recipe)
         cfg.source.backbone = str(rewired)
         assert load_tal_backbone(cfg).model.outside is expected, sets
+
+
+def test_gtad_trains_end_to_end_and_detects_what_it_evaluated(synth, rewired, recipe, tmp_path):
+    """The G-TAD localizer through the same CLI: a reversible end-to-end run, then `detect` on a test video."""
+    gtad = ("model.localizer=gtad", "model.gtad={hidden_dim: 16, block_width: 8, block_groups: 4, map_dim: 16, "
+            "map_hidden_dim: 16, inner_samples: 8, context_samples: 2, max_seq_len: 8}")  # fmt: skip
+    sets = [arg for s in (*gtad, "train.epochs=1") for arg in ("--set", s)]
+    run = tmp_path / "gtad"
+    summary = json.loads(ok(invoke("train-tal", "--data", synth, "--backbone", rewired, "--recipe", recipe,
+                                   "--out", run, "--json", *sets)).stdout)  # fmt: skip
+    assert summary["final"]["epoch"] == 1
+    steps = records(run, "step")
+    assert steps and all(math.isfinite(s["loss"]) and s["iou_reg_loss"] >= 0 for s in steps)
+    assert recipe_from_mapping(read_yaml(run / "config.yaml")).model.gtad.hidden_dim == 16
+    database = json.loads((synth / "annotations.json").read_text())["database"]
+    vid = next(v for v, entry in sorted(database.items()) if entry["subset"] == "test")
+    found = json.loads(ok(invoke("detect", run, synth / "videos" / f"{vid}.mp4", "--json")).stdout)["detections"]
+    evaluated = json.loads((run / "predictions.json").read_text())["results"][vid]
+    assert found and len(found) == len(evaluated)
+    for mine, theirs in zip(found, evaluated, strict=True):
+        assert mine["label"] == theirs["label"] and mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
