@@ -11,7 +11,7 @@ from types import ModuleType
 
 import typer
 
-from re2tal_cli.cli import detect, evaluate, extract, finetune, memprofile, rewire, train_tal
+from re2tal_cli.cli import detect, evaluate, extract, finetune, import_checkpoint, memprofile, rewire, train_tal
 from re2tal_cli.cli._errors import handle_errors
 from re2tal_cli.cli.data import convert, info, synth
 
@@ -46,7 +46,7 @@ def _add(group: typer.Typer, command: ModuleType) -> None:
     group.command(name=command.NAME, help=command.main.__doc__, epilog=epilog)(handle_errors(command.main))
 
 
-for _command in (rewire, finetune, extract, train_tal, evaluate, detect, memprofile):
+for _command in (rewire, finetune, extract, train_tal, import_checkpoint, evaluate, detect, memprofile):
     _add(app, _command)
 
 data = typer.Typer(
