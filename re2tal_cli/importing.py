@@ -132,7 +132,8 @@ def import_checkpoint(
         state = {f"localizer.{k}": v for k, v in localizers[entry].state_dict.items()}
         if backbone is not None:
             state |= _backbone_state(loaded, sd, src)
-        states[entry] = _fitted(state, initial, src, entry, localizers[entry].source_keys)
+        source_keys = {f"localizer.{k}": v for k, v in localizers[entry].source_keys.items()}
+        states[entry] = _fitted(state, initial, src, entry, source_keys)
     model.load_state_dict(states[evaluated])
 
     described = {"classes": names, "class_names": names, "channels": channels}
