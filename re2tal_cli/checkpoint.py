@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from re2tal_cli import hub
+from re2tal_cli.detector_checkpoints import detector_backbone
 from re2tal_cli.errors import BadCheckpointError
 from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, config_reader, get_arch, list_archs
-from re2tal_cli.reversible.wiring import Wiring
+from re2tal_cli.reversible.wiring import Wiring, WiringName
 from re2tal_cli.text import plural
 
 FORMAT = "re2tal-backbone/1"
@@ -38,6 +39,7 @@ class LoadedBackbone:
     converted: ConvertedCheckpoint  # the source tensors in our key names, its layout and the keys it dropped
     wiring: Wiring
     config: dict = field(default_factory=dict)  # the sidecar re2tal config.json, if any
+    weights: str | None = None  # the entry of a training checkpoint read (state_dict_ema: its EMA); None: top level
 
     @property
     def source_format(self) -> str:
@@ -123,10 +125,17 @@ def load_backbone(
     transformers' for VideoMAE: sizes and `use_mean_pooling`), else the only one whose keys and shapes the
     checkpoint fits; when several fit, the error lists them. `LoadedBackbone.arch_from` says which. `overrides`
     replace fields of the architecture's config; `where_defined` too, for the fields the architecture has (a
-    training recipe's `frozen_bn` means nothing to a network without BatchNorm)."""
+    training recipe's `frozen_bn` means nothing to a network without BatchNorm).
+
+    An OpenTAD training checkpoint gives its EMA weights (else its weights) of the backbone inside the detector;
+    the rest of the detector is reported as dropped, and a Re² backbone comes wired as it was trained (α=0, β=1,
+    reversible)."""
     path = hub.resolve(src)
     config = _read_config(path.parent / CONFIG_FILE)
-    state_dict = hub.read_state_dict(path)
+    state_dict, weights = hub.read_weights(path)
+    detector = detector_backbone(state_dict, str(src))
+    if detector is not None:
+        state_dict = detector.state_dict
     if config is not None:
         if arch is not None and arch != config["arch"]:
             raise BadCheckpointError(f"{src}: is a {config['arch']} checkpoint (config.json), not `arch` {arch}")
@@ -140,10 +149,16 @@ def load_backbone(
     fields = {f.name for f in dataclasses.fields(spec.config)}
     overrides = {**{k: v for k, v in (where_defined or {}).items() if k in fields}, **overrides}
     model, converted = build_from_state_dict(spec, state_dict, str(src), **overrides)
-    wiring = Wiring.from_json(config["wiring"]) if config else Wiring()
+    if detector is not None:
+        converted = dataclasses.replace(converted, format=f"opentad-{converted.format}",
+                                        dropped=detector.other_keys + converted.dropped)  # fmt: skip
+    if config:
+        wiring = Wiring.from_json(config["wiring"])
+    else:
+        wiring = WiringName.REVERSIBLE.wiring if detector is not None and detector.reversible else Wiring()
     wiring.apply(model)
     source = config["source"]["uri"] if config else str(src)
-    return LoadedBackbone(model, arch, arch_from, source, path, converted, wiring, config or {})
+    return LoadedBackbone(model, arch, arch_from, source, path, converted, wiring, config or {}, weights)
 
 
 def _arch_of(src, path: Path, state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str, dict]:

@@ -1,6 +1,6 @@
 """Where checkpoints come from: `hf://org/repo[/path/in/repo][@revision]` through huggingface_hub (which honours
-HF_HOME, HF_HUB_OFFLINE and HF_ENDPOINT), or a local file. Reading is safetensors first; `.pth/.pt/.bin` only through
-`torch.load(weights_only=True)`."""
+HF_HOME, HF_HUB_OFFLINE and HF_ENDPOINT), or a local file. Reading is safetensors first; `.pth/.pt/.bin/.pth.tar` only
+through `torch.load(weights_only=True)`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from re2tal_cli.errors import BadCheckpointError, Re2talError
 
 HF_SCHEME = "hf://"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-# Foreign checkpoints often nest the weights one level down (mmaction: state_dict, SlowFast: model_state, …).
-_NESTED_KEYS = ("state_dict", "model_state", "model", "module", "backbone_state")
+# Foreign checkpoints often nest the weights one level down (mmaction: state_dict, SlowFast: model_state, …). OpenTAD's
+# and ActionFormer's training checkpoints hold the weights (state_dict) and their EMA (state_dict_ema), and evaluate
+# the EMA: it comes first.
+_NESTED_KEYS = ("state_dict_ema", "state_dict", "model_state", "model", "module", "backbone_state")
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".pth.tar")  # .pth.tar: ActionFormer's release
 
 
 def parse_hf_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -90,36 +93,49 @@ def _weights_in(folder: Path, src: str) -> Path:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, unwrapped from the usual nesting; a clear error for anything unreadable."""
+    return read_weights(path)[0]
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """`read_state_dict`, and the entry of the file the tensors were nested under ("state_dict_ema", "model_state",
+    …, "a/b" for deeper nesting; None: at its top level)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
-            return load_file(path)
+            return load_file(path), None
         except Exception as error:  # safetensors raises its own error types and OSError for short files
             raise BadCheckpointError(
                 f"{path}: not a readable safetensors file (corrupt or truncated?): {error}"
             ) from None
-    if path.suffix in (".pth", ".pt", ".bin"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # pickle, zip and weights_only errors all mean the same to the user
-            raise BadCheckpointError(
-                f"{path}: cannot be loaded with torch.load(weights_only=True): corrupt, or it pickles Python objects "
-                "beyond tensors (re-save its state_dict, or convert it to safetensors)"
-            ) from None
-        return _unwrap(obj, path)
-    raise BadCheckpointError(f"{path}: unknown checkpoint type (expected one of {', '.join(WEIGHT_SUFFIXES)})")
+    if path.name.endswith(_TORCH_SUFFIXES):
+        return _unwrap(load_torch_file(path), path)
+    expected = ", ".join((".safetensors", *_TORCH_SUFFIXES))
+    raise BadCheckpointError(f"{path}: unknown checkpoint type (expected one of {expected})")
 
 
-def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+def load_torch_file(path: Path) -> object:
+    """What `torch.save` wrote, read with `torch.load(weights_only=True)` on the CPU."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # pickle, zip and weights_only errors all mean the same to the user
+        raise BadCheckpointError(
+            f"{path}: cannot be loaded with torch.load(weights_only=True): corrupt, or it pickles Python objects "
+            "beyond tensors (re-save its state_dict, or convert it to safetensors)"
+        ) from None
+
+
+def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    entries = []
     while isinstance(obj, dict):
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
-            return {k.removeprefix("module."): v for k, v in tensors.items()}
-        nested = next((obj[k] for k in _NESTED_KEYS if isinstance(obj.get(k), dict)), None)
-        if nested is None:
+            return {k.removeprefix("module."): v for k, v in tensors.items()}, "/".join(entries) or None
+        entry = next((k for k in _NESTED_KEYS if isinstance(obj.get(k), dict)), None)
+        if entry is None:
             break
-        obj = nested
+        entries.append(entry)
+        obj = obj[entry]
     raise BadCheckpointError(f"{path}: holds no tensors (expected a state dict)")
 
 

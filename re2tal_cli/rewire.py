@@ -43,6 +43,7 @@ class RewireReport:
     check: CheckReport | None
     error_map: ErrorMap | None = None
     error_map_plot: str | None = None
+    source_weights: str | None = None  # the training checkpoint's entry read (state_dict_ema: its EMA weights)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -125,7 +126,13 @@ def rewire(
         "wiring": wiring.to_json(),
         "stages": [{"index": i, "blocks": len(stages[i].blocks)} for i in stage_indices],
         "num_classes": model.head.out_features if getattr(model, "head", None) is not None else 0,
-        "source": {"uri": src, "sha256": digest, "format": converted.format, "dropped_keys": list(converted.dropped)},
+        "source": {
+            "uri": src,
+            "sha256": digest,
+            "format": converted.format,
+            "weights": loaded.weights,
+            "dropped_keys": list(converted.dropped),
+        },  # fmt: skip
     }
     if out is not None:
         with atomic_dir(out) as tmp:
@@ -151,6 +158,7 @@ def rewire(
         check=report_check,
         error_map=levels,
         error_map_plot=None if error_map is None else str(error_map),
+        source_weights=loaded.weights,
     )
 
 

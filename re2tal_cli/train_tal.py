@@ -151,14 +151,7 @@ class TALJob:
     metric = "average_mAP"
 
     def optimizer(self) -> torch.optim.Optimizer:
-        """AdamW or SGD over the localizer and (unless frozen) the backbone, each part at its own learning rate."""
-        from re2tal_cli.train.optim import make_optimizer
-
-        cfg, model = self.cfg, self.model
-        parts = [("localizer", model.localizer, cfg.train.lr, cfg.train.weight_decay)]
-        if model.backbone is not None and not model.frozen:
-            parts.append(("backbone", model.backbone, cfg.backbone.lr, cfg.backbone.weight_decay))
-        return make_optimizer(cfg.train.optimizer.value, parts)
+        return make_tal_optimizer(self.cfg, self.model)
 
     def loader(self):
         """The training batches, shuffled per epoch (`loader.sampler.set_epoch`) from the recipe's seed."""
@@ -347,6 +340,16 @@ def _run_backbone(described: dict, where_defined: dict | None = None):
     if described["wiring"] is not None:
         Wiring.from_json(described["wiring"]).apply(backbone)
     return backbone, spec
+
+
+def make_tal_optimizer(cfg: Recipe, model) -> torch.optim.Optimizer:
+    """AdamW or SGD over the localizer and (unless frozen) the backbone, each part at its own learning rate."""
+    from re2tal_cli.train.optim import make_optimizer
+
+    parts = [("localizer", model.localizer, cfg.train.lr, cfg.train.weight_decay)]
+    if model.backbone is not None and not model.frozen:
+        parts.append(("backbone", model.backbone, cfg.backbone.lr, cfg.backbone.weight_decay))
+    return make_optimizer(cfg.train.optimizer.value, parts)
 
 
 def frames_input(cfg: Recipe):

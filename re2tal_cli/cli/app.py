@@ -11,7 +11,17 @@ from types import ModuleType
 
 import typer
 
-from re2tal_cli.cli import demo, detect, evaluate, extract, finetune, memprofile, rewire, train_tal
+from re2tal_cli.cli import (
+    demo,
+    detect,
+    evaluate,
+    extract,
+    finetune,
+    import_checkpoint,
+    memprofile,
+    rewire,
+    train_tal,
+)
 from re2tal_cli.cli._errors import handle_errors
 from re2tal_cli.cli.data import convert, info, synth
 
@@ -46,7 +56,7 @@ def _add(group: typer.Typer, command: ModuleType) -> None:
     group.command(name=command.NAME, help=command.main.__doc__, epilog=epilog)(handle_errors(command.main))
 
 
-for _command in (rewire, finetune, extract, train_tal, evaluate, detect, memprofile, demo):
+for _command in (rewire, finetune, extract, train_tal, import_checkpoint, evaluate, detect, memprofile, demo):
     _add(app, _command)
 
 data = typer.Typer(

@@ -108,6 +108,9 @@ def _render(report) -> None:
     table.add_row("architecture", f"{report.arch} ({report.arch_from})")
     table.add_row("source", f"{report.source} ({report.source_format})")
     table.add_row("source sha256", report.source_sha256[:16] + "…")
+    if report.source_weights is not None:
+        ema = " (the EMA weights)" if report.source_weights == "state_dict_ema" else ""
+        table.add_row("source weights", f"{report.source_weights}{ema}")
     table.add_row(
         "tensors reused",
         f"{report.source_tensors} tensors, {report.source_values:,} values ({report.parameters:,} parameters, "
