@@ -270,7 +270,7 @@ def model_from_run(run: RunDir, checkpoint: str = "best"):
     if not run.config.is_file():
         raise BadInputError(f"{run.root}: not a train-tal run (no config.yaml)")
     cfg = run.read_recipe(Recipe)
-    name = checkpoint if (run.checkpoints / checkpoint / "meta.json").is_file() else "last"
+    name = run.checkpoint_to_use(checkpoint)
     saved = run.load_checkpoint(name, weights_only=True)
     described = saved.meta["model"]
     localizer = build_localizer(cfg, described["channels"], len(described["classes"]))

@@ -14,6 +14,7 @@ import typer
 from re2tal_cli.cli import detect, evaluate, extract, finetune, memprofile, rewire, train_tal
 from re2tal_cli.cli._errors import handle_errors
 from re2tal_cli.cli.data import convert, info, synth
+from re2tal_cli.cli.hub import push
 
 SETTINGS = dict(
     no_args_is_help=True,
@@ -57,6 +58,11 @@ data = typer.Typer(
 for _command in (convert, synth, info):
     _add(data, _command)
 app.add_typer(data, name="data")
+
+hub = typer.Typer(name="hub", help="The Hugging Face Hub: publish a backbone or a run (read back with hf://).",
+                  **SETTINGS)  # fmt: skip
+_add(hub, push)
+app.add_typer(hub, name="hub")
 
 
 def main() -> None:

@@ -42,7 +42,11 @@ def main(
         typer.Argument(metavar="GROUND_TRUTH", help="ActivityNet-format annotations JSON, or a dataset directory."),
     ],
     predictions: Annotated[
-        Path, typer.Argument(metavar="PREDICTIONS", help="Submission JSON ({'results': ...}), or a train-tal run dir.")
+        str,
+        typer.Argument(
+            metavar="PREDICTIONS",
+            help="Submission JSON ({'results': ...}), a train-tal run dir, or a published run: hf://ORG/REPO[@REV].",
+        ),
     ],
     protocol: Annotated[
         str, typer.Option(metavar="NAME", help="anet: tIoU 0.5:0.05:0.95; thumos: 0.3:0.1:0.7 + Ambiguous.")
