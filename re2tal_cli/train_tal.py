@@ -257,6 +257,7 @@ class TALJob:
             "predictions": str(run.predictions),
         }
         run.write_summary(summary)
+        run.write_epoch_table()
         return summary
 
 

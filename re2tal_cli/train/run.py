@@ -165,6 +165,39 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.summary, summary, indent=2)
 
+    def write_epoch_table(self) -> None:
+        """RUN/epochs.csv: metrics.jsonl summarised per epoch (`epoch_table`)."""
+        from re2tal_cli.fileio import write_table_atomic
+
+        write_table_atomic(self.epochs, epoch_table(self.read_metrics()))
+
+
+def epoch_table(records: list[dict[str, Any]]):
+    """metrics.jsonl summarised per epoch as a pandas DataFrame, a row per epoch: its epoch record (last step, mean
+    losses, seconds, the guard's backward passes, fallbacks and worst error), from its step records the learning
+    rates at its end, the mean steps/s and the highest peak memory, and its evaluation when it had one (train-tal:
+    average_mAP and mAP@<tIoU>; finetune: top1, top5) — empty cells otherwise."""
+    import pandas as pd
+
+    def flat(record: dict[str, Any], drop: tuple[str, ...], nested: str, prefix: str) -> dict[str, Any]:
+        kept = {k: v for k, v in record.items() if k not in (*drop, nested)}
+        return kept | {f"{prefix}{k}": v for k, v in record.get(nested, {}).items()}
+
+    epochs = pd.DataFrame.from_records([flat(r, ("kind",), "guard", "guard_") for r in records if r["kind"] == "epoch"])
+    if epochs.empty:
+        return epochs
+    steps = pd.DataFrame.from_records([r for r in records if r["kind"] == "step"])
+    if not steps.empty:
+        rates = [c for c in steps.columns if c == "lr" or c.endswith("_lr")]
+        per_epoch = steps.groupby("epoch").agg(
+            {**dict.fromkeys(rates, "last"), "steps_per_s": "mean", "peak_memory_bytes": "max"}
+        )
+        epochs = epochs.merge(per_epoch.reset_index(), on="epoch", how="left")
+    evals = [flat(r, ("kind", "step", "weights"), "mAP", "mAP@") for r in records if r["kind"] == "eval"]
+    if evals:
+        epochs = epochs.merge(pd.DataFrame.from_records(evals), on="epoch", how="left")
+    return epochs
+
 
 def describe_backbone(backbone, arch: str) -> dict[str, Any]:
     """What a checkpoint's meta.json says of a run's backbone so that it can be rebuilt without its source: the
