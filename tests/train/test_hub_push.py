@@ -168,3 +168,20 @@ def test_a_token_the_hub_refuses_is_one_line(rewired, hub, hub_env, monkeypatch)
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     message = one_line_error(invoke("hub", "push", rewired, "--repo", "me/x"))
     assert "me/x" in message and "401" in message and not hub.repos
+
+
+def test_push_a_finetune_run_publishes_its_backbone_recipe_and_epochs(synth, plain_backbone, finetune_recipe, hub,
+                                                                       hub_env, tmp_path):  # fmt: skip
+    run = tmp_path / "ft"
+    ok(invoke("finetune", plain_backbone, "--data", synth / "clips", "--recipe", finetune_recipe, "--out", run,
+              "--epochs", "2"))  # fmt: skip
+    pushed = json.loads(ok(invoke("hub", "push", run, "--repo", "me/ft", "--json")).stdout)
+    files = hub.files("me/ft")
+    assert pushed["kind"] == "finetune run"
+    for name in ("model.safetensors", "config.json"):
+        assert files[name] == (run / "backbone" / name).read_bytes()
+    for name in ("config.yaml", "summary.json", "epochs.csv"):
+        assert files[name] == (run / name).read_bytes()
+    summary = json.loads(files["summary.json"])
+    card = files["README.md"].decode()
+    assert f"{100 * summary['final']['top1']:.2f}" in card and "top-1 (%)" in card
