@@ -1,7 +1,7 @@
 """`detect`: one video of any length and container through a trained run — detections in seconds, and a timeline.
 
     from re2tal_cli.detect import detect
-    result = detect("runs/tal", "match.mp4", plot="timeline.png")
+    result = detect("runs/tal", "match.mp4", plot="timeline.png")   # or a published run: "hf://org/tal-run"
 
 The run says what it needs (RUN/config.yaml and its checkpoint's meta): a frames run (end to end or frozen) runs its
 own backbone and localizer on the video's frames, arranged as in its evaluation; a features run first computes the
@@ -38,6 +38,7 @@ def detect(
     from re2tal_cli.data.datasets import VideoEntry
     from re2tal_cli.data.video import open_video
     from re2tal_cli.fileio import check_creatable, write_json_atomic
+    from re2tal_cli.hub import resolve_folder
     from re2tal_cli.train.recipe import Mode
     from re2tal_cli.train.run import RunDir
     from re2tal_cli.train.tal import detect_video, with_class_names
@@ -57,7 +58,7 @@ def detect(
         check_plot_path(plot)
     source = open_video(video)
     ground_truth = _ground_truth(gt, Path(video)) if gt is not None else None
-    model, cfg, meta = model_from_run(RunDir(run), checkpoint)
+    model, cfg, meta = model_from_run(RunDir(resolve_folder(run)), checkpoint)
     entry = VideoEntry(id=Path(video).stem, subset="-", duration=source.duration, fps=source.fps)
     device = torch.device(device)
     model.to(device)

@@ -121,3 +121,21 @@ def check_output_dir(out: str | os.PathLike, force: bool, marker: str | None = N
             what = f"{out / marker}: exists" if marker else f"{out}: directory exists and is not empty"
             raise OutputExistsError(f"{what}; pass `force` to replace it")
     return out
+
+
+def check_table_path(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, a table output that is not a creatable `.csv` file (CSV only: Parquet would need
+    pyarrow, which re2tal does not depend on; `pandas.read_csv` loads the CSV in one line)."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        why = "Parquet needs pyarrow, not a dependency of re2tal" if path.suffix.lower() == ".parquet" else "CSV only"
+        raise BadInputError(f"{path}: a table is written as .csv ({why}); name the file FILE.csv")
+    return check_creatable(path)
+
+
+def write_table_atomic(path: str | os.PathLike, table) -> Path:
+    """A pandas DataFrame as CSV (UTF-8, no index column), written atomically."""
+    path = check_table_path(path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return path

@@ -299,6 +299,7 @@ class FinetuneJob:
             "backbone": str(backbone),
         }
         run.write_summary(summary)
+        run.write_epoch_table()
         return summary
 
     def _write_backbone(self, run: RunDir, final: dict | None) -> Path:

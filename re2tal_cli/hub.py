@@ -4,7 +4,10 @@ through `torch.load(weights_only=True)`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -45,8 +48,38 @@ def resolve(src: str | Path) -> Path:
     return path
 
 
+def resolve_folder(src: str | os.PathLike) -> Path:
+    """A local directory named by `src`: a path, or `hf://ORG/REPO[/FOLDER][@REVISION]` downloaded whole (or that
+    folder of it) into the Hub cache — how a run published by `re2tal hub push` is read."""
+    src = str(src)
+    if not src.startswith(HF_SCHEME):
+        return Path(src)
+    from huggingface_hub import snapshot_download
+
+    repo_id, folder, revision = parse_hf_uri(src)
+    with _hub_errors(src, repo_id, revision):
+        root = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[f"{folder}/*"] if folder else None))
+    if folder and not (root / folder).is_dir():
+        raise BadCheckpointError(f"{src}: no folder {folder!r} in {repo_id}")
+    return root / folder if folder else root
+
+
 def _resolve_hf(uri: str) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
+
+    repo_id, filename, revision = parse_hf_uri(uri)
+    with _hub_errors(uri, repo_id, revision, filename):
+        if filename:
+            return Path(hf_hub_download(repo_id, filename, revision=revision))
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=["*.json", *(f"*{s}" for s in WEIGHT_SUFFIXES)]
+        )
+    return _weights_in(Path(folder), uri)
+
+
+@contextlib.contextmanager
+def _hub_errors(uri: str, repo_id: str, revision: str | None, filename: str | None = None) -> Iterator[None]:
+    """huggingface_hub's exceptions as one-line errors naming `uri`."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,
@@ -55,14 +88,8 @@ def _resolve_hf(uri: str) -> Path:
         RevisionNotFoundError,
     )
 
-    repo_id, filename, revision = parse_hf_uri(uri)
     try:
-        if filename:
-            return Path(hf_hub_download(repo_id, filename, revision=revision))
-        folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=["*.json", *(f"*{s}" for s in WEIGHT_SUFFIXES)]
-        )
-        return _weights_in(Path(folder), uri)
+        yield
     except LocalEntryNotFoundError:
         raise BadCheckpointError(
             f"{uri}: not in the local Hub cache and the Hub cannot be reached (HF_HUB_OFFLINE is set or no network); "

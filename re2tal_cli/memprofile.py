@@ -121,6 +121,49 @@ def memprofile(
     }
 
 
+def report_table(report: dict[str, Any]):
+    """A `memprofile` report as a pandas DataFrame, in bytes.
+
+    A sweep: one row per (point, wiring) — `point` (the arch, frame count or size), `x` (its value: parameters,
+    frames, pixels), `group` (which arch of several), `wiring`, `peak_bytes`. A report: one row per wiring with the
+    estimate's components, the peak of each phase, and, when asked for, the GPU verdict, the largest frames or batch
+    that fits and the measured peak."""
+    import pandas as pd
+
+    if "axis" in report:
+        records = [
+            {"point": point, "x": x, "group": group, "wiring": wiring, "peak_bytes": peaks[k]}
+            for wiring, peaks in report["peak_bytes"].items()
+            for k, (point, x, group) in enumerate(zip(report["points"], report["x"], report["groups"], strict=True))
+        ]
+        return pd.DataFrame.from_records(records, columns=["point", "x", "group", "wiring", "peak_bytes"])
+    records = []
+    for row in report["wirings"]:
+        estimate = row["estimate"]
+        b = estimate["bytes"]
+        record = {
+            "wiring": row["wiring"],
+            "outside": row["outside"],
+            "parameters": sum(b["parameters"].values()),
+            "gradients": sum(b["gradients"].values()),
+            "optimizer_state": b["optimizer_state"],
+            "input": b["input"],
+            "activations_kept": sum(b["activations_kept"].values()),
+            "activations_kept_in_stages": sum(b["activations_kept_per_stage"]),
+            "backward_working_set": b["backward_working_set"],
+            **{f"peak_{phase}": value["peak"] for phase, value in estimate["phases"].items()},
+            "peak": b["peak"],
+            "peak_phase": estimate["peak_phase"],
+        }
+        if "gpu" in row:
+            record |= {"verdict": row["gpu"]["verdict"], "headroom_bytes": row["gpu"]["headroom_bytes"]}
+        record |= {f"max_{what}": n for what, n in row.get("max", {}).items()}
+        if "measured" in row:
+            record |= {"measured_peak": row["measured"]["peak"], "relative_error": row["relative_error"]}
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
 def _choice(kind, value: str, param: str, extra: tuple[str, ...] = ()):
     try:
         return kind(value)

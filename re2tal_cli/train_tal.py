@@ -271,6 +271,7 @@ class TALJob:
             "predictions": str(run.predictions),
         }
         run.write_summary(summary)
+        run.write_epoch_table()
         return summary
 
 
@@ -320,7 +321,7 @@ def _read_run(run: RunDir, checkpoint: str):
     if not run.config.is_file():
         raise BadInputError(f"{run.root}: not a train-tal run (no config.yaml)")
     cfg = run.read_recipe(Recipe)
-    name = checkpoint if (run.checkpoints / checkpoint / "meta.json").is_file() else "last"
+    name = run.checkpoint_to_use(checkpoint)
     saved = run.load_checkpoint(name, weights_only=True)
     meta = {**saved.meta, "checkpoint": name, "weights": "ema" if saved.ema is not None else "model"}
     return cfg, saved, meta

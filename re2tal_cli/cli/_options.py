@@ -5,6 +5,7 @@ Every option that takes a value has a metavar naming what it takes (PATH, N, NAM
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,6 +29,10 @@ Arch = Annotated[
 Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
 Json = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (progress and warnings on stderr).")]
 Device = Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:1, …")]
+Csv = Annotated[
+    Path | None,
+    typer.Option("--csv", metavar="FILE.csv", help="Also write the table(s) as CSV: pandas.read_csv(FILE) loads it."),
+]
 
 # the options of a training run (train-tal, finetune)
 Sets = Annotated[

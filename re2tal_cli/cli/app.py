@@ -24,6 +24,7 @@ from re2tal_cli.cli import (
 )
 from re2tal_cli.cli._errors import handle_errors
 from re2tal_cli.cli.data import convert, info, synth
+from re2tal_cli.cli.hub import push
 
 SETTINGS = dict(
     no_args_is_help=True,
@@ -67,6 +68,11 @@ data = typer.Typer(
 for _command in (convert, synth, info):
     _add(data, _command)
 app.add_typer(data, name="data")
+
+hub = typer.Typer(name="hub", help="The Hugging Face Hub: publish a backbone or a run (read back with hf://).",
+                  **SETTINGS)  # fmt: skip
+_add(hub, push)
+app.add_typer(hub, name="hub")
 
 
 def main() -> None:

@@ -18,11 +18,15 @@ EPILOG = """Examples:
   re2tal detect runs/tal match.mp4 --plot timeline.png --gt data/synth --threshold 0.2
 
   re2tal detect runs/tal match.mkv --out detections.json --top-k 20 --json
+
+  re2tal detect hf://org/tal-run match.mp4
 """
 
 
 def main(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="A train-tal run directory.")],
+    run: Annotated[
+        str, typer.Argument(metavar="RUN", help="A train-tal run directory, or hf://ORG/REPO[@REVISION] (hub push).")
+    ],
     video: Annotated[
         Path, typer.Argument(metavar="VIDEO", help="A video file (any container PyAV opens) or a frame folder.")
     ],

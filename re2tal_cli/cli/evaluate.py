@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from re2tal_cli.cli._options import Json
+from re2tal_cli.cli._options import Csv, Json
 
 if TYPE_CHECKING:
     from re2tal_cli.evaluate import EvaluationResult
@@ -21,6 +21,8 @@ EPILOG = """Examples:
   re2tal evaluate activity_net.v1-3.json preds.json --subset validation --breakdown --plot fig5.png
 
   re2tal evaluate gt.json preds.json --tiou 0.1,0.3,0.5 --json
+
+  re2tal evaluate thumos/ runs/tal --protocol thumos --breakdown --csv eval.csv
 """
 
 
@@ -42,7 +44,11 @@ def main(
         typer.Argument(metavar="GROUND_TRUTH", help="ActivityNet-format annotations JSON, or a dataset directory."),
     ],
     predictions: Annotated[
-        Path, typer.Argument(metavar="PREDICTIONS", help="Submission JSON ({'results': ...}), or a train-tal run dir.")
+        str,
+        typer.Argument(
+            metavar="PREDICTIONS",
+            help="Submission JSON ({'results': ...}), a train-tal run dir, or a published run: hf://ORG/REPO[@REV].",
+        ),
     ],
     protocol: Annotated[
         str, typer.Option(metavar="NAME", help="anet: tIoU 0.5:0.05:0.95; thumos: 0.3:0.1:0.7 + Ambiguous.")
@@ -62,9 +68,14 @@ def main(
     plot: Annotated[
         Path | None, typer.Option(metavar="FILE.png", help="Write the length breakdown as a PNG (needs matplotlib).")
     ] = None,
+    csv: Csv = None,
 ) -> None:
     """Mean average precision of temporal action localization predictions, equal to the ActivityNet evaluator."""
     from re2tal_cli.evaluate import evaluate
+    from re2tal_cli.fileio import check_table_path, write_table_atomic
+
+    if csv is not None:
+        check_table_path(csv)
 
     result = evaluate(
         ground_truth,
@@ -81,10 +92,14 @@ def main(
     err = Console(stderr=True)
     for name, count in result.warnings.items():
         err.print(f"warning: {count} {name.replace('_', ' ')}", highlight=False, markup=False)
+    if csv is not None:
+        write_table_atomic(csv, result.table())
     if as_json:
         typer.echo(json.dumps(result.to_dict(per_class=per_class)))
         return
     _render(result, per_class, plot)
+    if csv is not None:
+        typer.echo(f"table written to {csv}")
 
 
 def _render(result: EvaluationResult, per_class: bool, plot: Path | None) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from re2tal_cli.cli._options import Json
+from re2tal_cli.cli._options import Csv, Json
 
 NAME = "memprofile"
 EPILOG = """Examples:
@@ -22,6 +22,8 @@ EPILOG = """Examples:
   re2tal memprofile --arch swin3d-t --frames 1024 --size 224 --head actionformer --amp bf16 --gpu a100-80gb
 
   re2tal memprofile --arch vit-s --frames 16 --size 112 --measure --json
+
+  re2tal memprofile --arch vit-b --frames 512 --sweep frames --csv frames.csv
 """
 
 
@@ -92,10 +94,15 @@ def main(
         typer.Option("--max", metavar="WHAT", help="With --gpu/--gpu-mem: the largest frames or batch that fits."),
     ] = None,
     as_json: Json = False,
+    csv: Csv = None,
 ) -> None:
     """Will this training configuration fit my GPU? Estimate (and measure) plain vs checkpoint vs reversible."""
     from re2tal_cli.cli._progress import ProgressBar
-    from re2tal_cli.memprofile import memprofile
+    from re2tal_cli.fileio import check_table_path, write_table_atomic
+    from re2tal_cli.memprofile import memprofile, report_table
+
+    if csv is not None:
+        check_table_path(csv)
 
     with ProgressBar("memprofile", quiet=as_json) as bar:
         report = memprofile(
@@ -118,12 +125,17 @@ def main(
             largest=largest,
             progress=lambda done, total, what: bar(done, total, what),
         )
+    if csv is not None:
+        write_table_atomic(csv, report_table(report))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-    elif sweep is not None:
+        return
+    if sweep is not None:
         _render_sweep(report)
     else:
         _render(report)
+    if csv is not None:
+        typer.echo(f"table written to {csv}")
 
 
 def _render_sweep(report: dict) -> None:

@@ -19,7 +19,7 @@ from re2tal_cli.data.datasets import find_media, load_annotations
 from re2tal_cli.errors import BadDataError
 from re2tal_cli.evaluate.breakdown import ANET_LENGTH_BINS, THUMOS_LENGTH_BINS  # one definition, shared
 
-__all__ = ["dataset_info", "length_bins"]
+__all__ = ["dataset_info", "info_table", "length_bins"]
 
 BIN_SCHEMES = {"thumos": THUMOS_LENGTH_BINS, "anet": ANET_LENGTH_BINS}
 
@@ -120,3 +120,17 @@ def dataset_info(
         "duration_mismatch": mismatched,
         "unannotated_videos": extra_videos,
     }
+
+
+def info_table(info: dict[str, Any]):
+    """A `dataset_info` result's tables as one long pandas DataFrame: a row per subset (`table` subset: videos,
+    duration_s, instances, ambiguous_spans), per length bin (`table` length_bin: instances, low_s, high_s — high
+    empty for the unbounded last bin) and per class (`table` class: instances), each under `name`."""
+    import pandas as pd
+
+    records = [{"table": "subset", "name": name, **s} for name, s in info["subsets"].items()]
+    records += [{"table": "length_bin", "name": b["name"], "instances": b["count"], "low_s": b["low_s"],
+                 "high_s": b["high_s"]} for b in info["length_bins"]["bins"]]  # fmt: skip
+    records += [{"table": "class", "name": name, "instances": n} for name, n in info["classes"].items()]
+    columns = ["table", "name", "videos", "duration_s", "instances", "ambiguous_spans", "low_s", "high_s"]
+    return pd.DataFrame.from_records(records, columns=columns)

@@ -79,6 +79,39 @@ class EvaluationResult:
     def per_class(self) -> list[dict]:
         return per_class_ap(self.ap, self.labels, self.num_gt)
 
+    def table(self):
+        """Every number of the result as one long pandas DataFrame, a row per (table, name, tIoU):
+
+        - table `mAP`: name `all`, `ap` the mAP, `num_gt` every instance;
+        - table `class`: name the class, `ap` its AP, `num_gt` its instances;
+        - table `length` (with the breakdown): name the bin, `ap` its mAP, `fn_rate` its false-negative rate,
+          `low_s`/`high_s` its range (high empty for the last, unbounded bin).
+
+        `tiou` is each threshold, then empty (NaN) on the row averaged over thresholds. Values are fractions, as in
+        the JSON."""
+        import pandas as pd
+
+        def rows(table: str, name: str, num_gt: int, ap: np.ndarray, fn_rate: np.ndarray | None = None, **fixed):
+            """One row per threshold, then the average over thresholds (tiou NaN)."""
+            out = []
+            for k, t in enumerate([*self.tiou, float("nan")]):
+                averaged = k == len(self.tiou)
+                row = {"table": table, "name": name, "tiou": t, "num_gt": num_gt, **fixed}
+                row["ap"] = float(ap.mean() if averaged else ap[k])
+                if fn_rate is not None:
+                    row["fn_rate"] = float(fn_rate.mean() if averaged else fn_rate[k])
+                out.append(row)
+            return out
+
+        records = rows("mAP", "all", int(self.num_gt.sum()), self.mAP)
+        for c, label in enumerate(self.labels):
+            records += rows("class", label, int(self.num_gt[c]), self.ap[:, c])
+        for b in self.breakdown or []:
+            high = None if np.isinf(b.high) else b.high
+            records += rows("length", b.name, b.num_gt, b.mAP, b.fn_rate, low_s=b.low, high_s=high)
+        columns = ["table", "name", "tiou", "num_gt", "ap", "fn_rate", "low_s", "high_s"]
+        return pd.DataFrame.from_records(records, columns=columns)
+
     def to_dict(self, per_class: bool = False) -> dict:
         """Plain-JSON view: mAP as fractions like the official evaluator; thresholds rounded for reading."""
         out = {

@@ -53,8 +53,10 @@ def resolve_ground_truth(path: str | Path) -> Path:
 
 
 def resolve_predictions(path: str | Path) -> Path:
-    """A prediction JSON file, or a train-tal run directory holding predictions.json."""
-    return _resolve(Path(path), PRED_FILE, "predictions")
+    """A prediction JSON file, or a train-tal run directory holding predictions.json (hf:// for a published one)."""
+    from re2tal_cli.hub import resolve_folder
+
+    return _resolve(resolve_folder(path), PRED_FILE, "predictions")
 
 
 def _resolve(path: Path, name: str, what: str) -> Path:

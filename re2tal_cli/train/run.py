@@ -6,11 +6,16 @@
     RUN/checkpoints/best/      the same, for the best validation average mAP so far
     RUN/predictions.json       the last evaluation's detections (ActivityNet results format)
     RUN/summary.json           final and best mAPs, written when the run ends
+    RUN/epochs.csv             metrics.jsonl summarised per epoch (`epoch_table`), written when the run ends
     RUN/tb/                    the scalars again, for TensorBoard, when it is installed
 
 A checkpoint directory is written under a temporary name and renamed, so `last/` is always complete. `state.pt`
 holds what resume needs besides the weights — optimizer, gradient scaler, the torch generators, epoch and step —
 and is read back with `torch.load(weights_only=True)`.
+
+A run published by `re2tal hub push` carries one checkpoint, flat: RUN/model.safetensors (the weights its evaluation
+used: the EMA's when kept) and RUN/meta.json (that checkpoint's meta, with its name and which weights these are),
+beside config.yaml and summary.json, and no checkpoints/. `RunDir` reads it as a run with that one checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 PREDICTIONS = "predictions.json"
 SUMMARY = "summary.json"
+EPOCHS = "epochs.csv"
+PUBLISHED_META = "meta.json"  # a published run's one checkpoint (see the module docstring)
 
 
 @dataclass
@@ -52,6 +59,26 @@ class RunDir:
     predictions = property(lambda self: self.root / PREDICTIONS)
     summary = property(lambda self: self.root / SUMMARY)
     checkpoints = property(lambda self: self.root / "checkpoints")
+    epochs = property(lambda self: self.root / EPOCHS)
+
+    @property
+    def published(self) -> bool:
+        """A run as `re2tal hub push` publishes it: one flat checkpoint, no checkpoints/."""
+        return (self.root / PUBLISHED_META).is_file() and not self.checkpoints.is_dir()
+
+    def checkpoint_to_use(self, preferred: str) -> str:
+        """`preferred` (best or last) when the run has it, else last; a published run's own one."""
+        if self.published:
+            return self._published_meta()["checkpoint"]
+        return preferred if (self.checkpoints / preferred / "meta.json").is_file() else "last"
+
+    def _published_meta(self) -> dict[str, Any]:
+        from re2tal_cli.fileio import read_json
+
+        meta = read_json(self.root / PUBLISHED_META, BadInputError)
+        if not isinstance(meta, dict) or not {"checkpoint", "weights", "model"} <= meta.keys():
+            raise BadInputError(f"{self.root / PUBLISHED_META}: not a published run's checkpoint meta")
+        return meta
 
     def prepare(self, resume: bool, force: bool) -> None:
         """Refuse an existing run unless resumed or replaced; a resumed run must have a complete checkpoint."""
@@ -117,6 +144,12 @@ class RunDir:
         """A checkpoint directory; `weights_only`: the model and EMA weights and meta.json (detect, evaluation)."""
         from safetensors.torch import load_file
 
+        if self.published:
+            meta = self._published_meta()
+            if meta["checkpoint"] != name:
+                raise BadInputError(f"{self.root}: a published run carries its {meta['checkpoint']} checkpoint only")
+            weights = load_file(self.root / "model.safetensors")
+            return Checkpoint(model=weights, ema=weights if meta["weights"] == "ema" else None, state={}, meta=meta)
         folder = self.checkpoints / name
         if not (folder / "meta.json").is_file():
             raise BadInputError(f"{folder}: no checkpoint (a run writes one after its first epoch)")
@@ -131,6 +164,39 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.summary, summary, indent=2)
+
+    def write_epoch_table(self) -> None:
+        """RUN/epochs.csv: metrics.jsonl summarised per epoch (`epoch_table`)."""
+        from re2tal_cli.fileio import write_table_atomic
+
+        write_table_atomic(self.epochs, epoch_table(self.read_metrics()))
+
+
+def epoch_table(records: list[dict[str, Any]]):
+    """metrics.jsonl summarised per epoch as a pandas DataFrame, a row per epoch: its epoch record (last step, mean
+    losses, seconds, the guard's backward passes, fallbacks and worst error), from its step records the learning
+    rates at its end, the mean steps/s and the highest peak memory, and its evaluation when it had one (train-tal:
+    average_mAP and mAP@<tIoU>; finetune: top1, top5) — empty cells otherwise."""
+    import pandas as pd
+
+    def flat(record: dict[str, Any], drop: tuple[str, ...], nested: str, prefix: str) -> dict[str, Any]:
+        kept = {k: v for k, v in record.items() if k not in (*drop, nested)}
+        return kept | {f"{prefix}{k}": v for k, v in record.get(nested, {}).items()}
+
+    epochs = pd.DataFrame.from_records([flat(r, ("kind",), "guard", "guard_") for r in records if r["kind"] == "epoch"])
+    if epochs.empty:
+        return epochs
+    steps = pd.DataFrame.from_records([r for r in records if r["kind"] == "step"])
+    if not steps.empty:
+        rates = [c for c in steps.columns if c == "lr" or c.endswith("_lr")]
+        per_epoch = steps.groupby("epoch").agg(
+            {**dict.fromkeys(rates, "last"), "steps_per_s": "mean", "peak_memory_bytes": "max"}
+        )
+        epochs = epochs.merge(per_epoch.reset_index(), on="epoch", how="left")
+    evals = [flat(r, ("kind", "step", "weights"), "mAP", "mAP@") for r in records if r["kind"] == "eval"]
+    if evals:
+        epochs = epochs.merge(pd.DataFrame.from_records(evals), on="epoch", how="left")
+    return epochs
 
 
 def describe_backbone(backbone, arch: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from re2tal_cli.cli._options import Json
+from re2tal_cli.cli._options import Csv, Json
 
 NAME = "info"
 EPILOG = """Examples:
@@ -18,6 +18,8 @@ EPILOG = """Examples:
   re2tal data info thumos/ --bins thumos --json
 
   re2tal data info anet/ --no-check-videos
+
+  re2tal data info thumos/ --csv thumos-info.csv
 """
 
 
@@ -32,17 +34,26 @@ def main(
         bool, typer.Option("--check-videos/--no-check-videos", help="Open every video (index only, no decoding).")
     ] = True,
     as_json: Json = False,
+    csv: Csv = None,
 ) -> None:
     """Summarise a dataset: videos, durations, classes, instances per length bin, missing or unreadable videos."""
     from re2tal_cli.cli._progress import ProgressBar
-    from re2tal_cli.data.info import dataset_info
+    from re2tal_cli.data.info import dataset_info, info_table
+    from re2tal_cli.fileio import check_table_path, write_table_atomic
+
+    if csv is not None:
+        check_table_path(csv)
 
     with ProgressBar("checking videos", quiet=as_json or not check_videos) as bar:
         result = dataset_info(root, check_videos=check_videos, bins=bins, progress=bar)
+    if csv is not None:
+        write_table_atomic(csv, info_table(result))
     if as_json:
         typer.echo(json.dumps(result))
     else:
         _render(result)
+        if csv is not None:
+            typer.echo(f"table written to {csv}")
     if result["missing"] or result["unreadable"]:
         raise typer.Exit(code=1)
 

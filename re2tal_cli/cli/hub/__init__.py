@@ -1,0 +1,1 @@
+"""`re2tal hub …`: one module per sub-command (push), assembled by `cli/app.py`."""
