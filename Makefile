@@ -27,12 +27,7 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 demo: install
-	$(VENV)/bin/re2tal data synth $(DEMO_OUT)/data --videos 16 --force
-	$(PY) scripts/make_checkpoint.py --arch r3d-tiny --out $(DEMO_OUT)/source.safetensors
-	$(VENV)/bin/re2tal rewire $(DEMO_OUT)/source.safetensors --out $(DEMO_OUT)/rw --check --force
-	$(VENV)/bin/re2tal train-tal --data $(DEMO_OUT)/data --backbone $(DEMO_OUT)/rw --out $(DEMO_OUT)/tal --epochs 10 --force
-	$(VENV)/bin/re2tal detect $(DEMO_OUT)/tal $(DEMO_OUT)/data/videos/synth_04.mp4 --plot $(DEMO_OUT)/timeline.png \
-		--gt $(DEMO_OUT)/data --top-k 10
+	$(VENV)/bin/re2tal demo --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,5 +1,6 @@
 """The four arms of Re²TAL's comparison on the synthetic set, side by side: feature-based, frozen, end to end
-reversible and end to end plain — same backbone, same data, same recipe (`synthetic`).
+reversible and end to end plain — same backbone, same data, same recipe (`synthetic`, or `--localizer vsgn|gtad`
+with `synthetic-vsgn`, `synthetic-gtad`).
 
     .venv/bin/python benchmarks/bench_train_tal.py               # seeds 0 1, 30 epochs, r3d-tiny: ~40 min on 2 cores
     .venv/bin/python benchmarks/bench_train_tal.py --seeds 0 --epochs 5 --videos 12 --json out.json   # a quick look
@@ -34,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RE2TAL = [sys.executable, "-m", "re2tal_cli"]
 ARMS = ("features", "frozen", "end_to_end reversible", "end_to_end plain")
+RECIPES = {"actionformer": "synthetic", "vsgn": "synthetic-vsgn", "gtad": "synthetic-gtad"}  # each localizer's
 
 
 def run(cmd: list[str], threads: int) -> str:
@@ -74,7 +76,8 @@ def train(arm: str, seed: int, data: Path, rw: Path, feats: Path, out: Path, arg
         "end_to_end plain": ["--backbone", rw, "--set", "backbone.wiring=plain"],
     }[arm]
     start = time.perf_counter()
-    summary = json.loads(run([*RE2TAL, "train-tal", "--data", data, *source, "--recipe", "synthetic", "--seed", seed,
+    recipe = RECIPES[args.localizer]
+    summary = json.loads(run([*RE2TAL, "train-tal", "--data", data, *source, "--recipe", recipe, "--seed", seed,
                               "--epochs", args.epochs, "--set", f"data.size={args.size}",
                               "--set", f"data.num_frames={args.frames}", "--out", out, "--force", "--json"],
                              args.threads))  # fmt: skip
@@ -134,8 +137,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--localizer", default="actionformer", choices=RECIPES, help="with its synthetic recipe")
     parser.add_argument("--memory-archs", nargs="*", default=["vit-tiny"],
                         help="more backbones whose end-to-end step is measured (besides --arch)")  # fmt: skip
+    parser.add_argument("--no-memory", action="store_true", help="skip the step measurements")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--step-memory", nargs=3, metavar=("DATA", "RW", "WIRING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,19 +151,20 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, {args.threads} threads, "
-          f"{args.arch} at {args.frames}×{args.size}², {args.epochs} epochs, seeds {args.seeds}",
+          f"{args.arch} at {args.frames}×{args.size}², {args.localizer}, {args.epochs} epochs, seeds {args.seeds}",
           flush=True)  # fmt: skip
     data, rw, feats = prepare(args.work, args)
     results: dict[str, dict] = {arm: {} for arm in args.arms}
     for seed in args.seeds:
         for arm in args.arms:
-            out = args.work / "runs" / f"{arm.replace(' ', '-')}-seed{seed}"
+            prefix = "" if args.localizer == "actionformer" else f"{args.localizer}-"
+            out = args.work / "runs" / f"{prefix}{arm.replace(' ', '-')}-seed{seed}"
             r = train(arm, seed, data, rw, feats, out, args)
             results[arm][seed] = r
             print(f"  seed {seed}  {arm:22s} avg mAP {100 * r['average_mAP']:6.2f}  "
                   f"{r['seconds_per_epoch']:5.1f} s/epoch  ({r['wall_seconds']:.0f} s)", flush=True)  # fmt: skip
     memory: dict[str, dict] = {}
-    for arch in dict.fromkeys([args.arch, *args.memory_archs]):
+    for arch in [] if args.no_memory else dict.fromkeys([args.arch, *args.memory_archs]):
         backbone = rewired(args.work, arch, args.threads)
         for wiring in ("plain", "reversible"):
             out = run([sys.executable, __file__, "--step-memory", data, backbone, wiring, "--size", args.size,

@@ -379,5 +379,6 @@ def test_window_attention_recomputed_in_pieces_of_windows_exactly(window, frames
     model = swin.SwinTransformer3d(cfg).double()
     video = torch.randn(1, 3, frames, 16, 16, dtype=torch.float64)
     report = check_reversibility(model, video, Coupling(0.0, 1.0))
-    assert report.gradient_error_level < 1e-10 and report.output_error == 0 and report.fallbacks == 0, report
+    # pieces change the matrix products' shapes: with one thread their last bits may differ (1.7e-17 seen)
+    assert report.gradient_error_level < 1e-10 and report.output_error < 1e-12 and report.fallbacks == 0, report
     assert {(2 * window[0], 4), (0, 4)} <= set(split)  # shifted and unshifted attention blocks both in pieces
