@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from re2tal_cli.errors import BadInputError, BadRecipeError, NumericalError
+from re2tal_cli.text import plural
 from re2tal_cli.train.run import Checkpoint, RunDir
 
 # (task, done, total, info): task is "epoch", "step" or "eval"; "note": `info` is a line to show the user
@@ -162,8 +163,8 @@ def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, 
         log({"kind": "batch", "epoch": first_epoch - 1, "step": step, **batching})
         progress("note", 0, None, _batch_note(batching))
     if resumed_from is not None and resumed_from != process.world_size:
-        progress("note", 0, None, f"resumed on {process.world_size} processes from a checkpoint written on "
-                                  f"{resumed_from}: epoch {first_epoch} is split anew over the processes")  # fmt: skip
+        progress("note", 0, None, f"resumed on {plural(process.world_size, 'process')} from a checkpoint written on "
+                                  f"{resumed_from}: epoch {first_epoch} is shared out anew")  # fmt: skip
     writer = _tensorboard(run) if process.is_main else None
     autocast = autocast_for(device, train.amp.value)
     start = time.perf_counter()
@@ -264,7 +265,7 @@ def _batch_note(batching: dict[str, Any]) -> str:
     b = batching
     rule = b["lr_scaling"]
     effect = "learning rates as the recipe sets them" if rule == "none" else f"learning rates × {b['lr_factor']:.4g}"
-    return (f"global batch {b['global_batch']} ({b['world_size']} processes × batch_size {b['batch_size']} × "
+    return (f"global batch {b['global_batch']} ({plural(b['world_size'], 'process')} × batch_size {b['batch_size']} × "
             f"accumulate {b['accumulate']}) differs from the recipe's {b['reference_batch']} "
             f"(train.reference_batch); train.lr_scaling {rule}: {effect}")  # fmt: skip
 
