@@ -13,6 +13,11 @@ window (source frames per step and per feature), fps, arch, source checkpoint, a
 `FEATS/index.json` lists every video's file and the failures. Outputs are written to a temp file and renamed, so an
 existing file is complete: a rerun skips it (when its settings match) and extracts only what is missing. A missing
 or undecodable video is recorded and skipped; it never stops the run.
+
+Under torchrun (`train/distributed.py`) the videos are shared out over the processes — process r takes every
+world-size-th video from the r-th, on the GPU of its LOCAL_RANK — and each writes its own videos' files; after all
+have finished, rank 0 writes index.json for all of them, and every process returns the whole run's result. The
+outputs are those of one process: each video's features depend on that video alone.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,11 +286,10 @@ def extract_features(
 
     `progress` receives dicts: {"event": "start", "videos": n, "arch", "arch_from"} once, then {"event": "frames",
     "count": k} as frames are decoded, and {"event": "video", "id", "status": written|skipped|failed} per video.
+    Under torchrun, `progress` reports this process's share of the videos.
     """
-    import torch
-
-    from re2tal_cli.checkpoint import load_backbone
-    from re2tal_cli.data.video import open_video
+    from re2tal_cli.train import distributed
+    from re2tal_cli.train.loop import resolve_device
 
     data, out = Path(data), Path(out)
     check_settings(settings)
@@ -293,8 +297,54 @@ def extract_features(
         raise BadDataError(f"{data}: no such dataset directory")
     check_creatable(out, directory=True)
     videos = _videos(data, subset)
-    if settings.device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInputError(f"`device` {settings.device}: CUDA is not available here; use cpu")
+    with distributed.process_group(resolve_device(settings.device, "none")) as (process, device):
+        shard = videos[process.rank :: process.world_size]
+        result, index_videos, model, loaded = _extract(checkpoint, shard, out, replace(settings, device=str(device)),
+                                                       arch, force, progress)  # fmt: skip
+        if process.world_size > 1:
+            result, index_videos = _merged(distributed.gathered((result, index_videos)), [v[0] for v in videos])
+        if process.is_main:
+            write_json_atomic(
+                out / INDEX,
+                {
+                    "format": FORMAT,
+                    "arch": loaded.arch,
+                    "source": str(checkpoint),
+                    "checkpoint": str(checkpoint)
+                    if str(checkpoint).startswith("hf://")
+                    else str(Path(checkpoint).resolve()),
+                    "settings": result.settings,
+                    "channels": int(model.out_channels),
+                    "videos": index_videos,
+                    "failed": result.failed,
+                },
+            )
+        distributed.barrier()  # index.json is there when any process returns
+    return result
+
+
+def _merged(shares: list[tuple[ExtractResult, dict]], order: list[str]) -> tuple[ExtractResult, dict[str, Any]]:
+    """The processes' (result, index entries) as one, the videos in the dataset's order."""
+    rank_of = {vid: rank for rank, (result, entries) in enumerate(shares) for vid in [*entries, *result.failed]}
+    first = shares[0][0]
+    merged = ExtractResult(out=first.out, settings=first.settings, frames=sum(r.frames for r, _ in shares),
+                           seconds=max(r.seconds for r, _ in shares))  # fmt: skip
+    entries: dict[str, Any] = {}
+    for vid in order:
+        result, share_entries = shares[rank_of[vid]]
+        if vid in result.failed:
+            merged.failed[vid] = result.failed[vid]
+            continue
+        entries[vid] = share_entries[vid]
+        (merged.written if vid in result.written else merged.skipped).append(vid)
+    return merged, entries
+
+
+def _extract(checkpoint, videos, out: Path, settings: ExtractSettings, arch, force: bool, progress):
+    """The features of `videos` (this process's share) written to `out`; (result, index entries, model, loaded)."""
+    from re2tal_cli.checkpoint import load_backbone
+    from re2tal_cli.data.video import open_video
+
     loaded = load_backbone(checkpoint, arch)
     model = loaded.model.eval().to(settings.device)
     spec = loaded.input
@@ -349,20 +399,7 @@ def extract_features(
         index_videos[vid] = {"file": target.name, "num_features": int(r["feats"].shape[1])}
         notify({"event": "video", "id": vid, "status": "written"})
     result.seconds = time.perf_counter() - t0
-    write_json_atomic(
-        out / INDEX,
-        {
-            "format": FORMAT,
-            "arch": loaded.arch,
-            "source": str(checkpoint),
-            "checkpoint": str(checkpoint) if str(checkpoint).startswith("hf://") else str(Path(checkpoint).resolve()),
-            "settings": result.settings,
-            "channels": int(model.out_channels),
-            "videos": index_videos,
-            "failed": result.failed,
-        },
-    )
-    return result
+    return result, index_videos, model, loaded
 
 
 def read_features(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:

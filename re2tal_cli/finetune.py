@@ -199,7 +199,10 @@ class FinetuneJob:
 
     @property
     def updates_per_epoch(self) -> int:
-        batches = math.ceil(len(self.train_set) / self.cfg.train.batch_size)
+        from re2tal_cli.train.distributed import current
+
+        per_process = math.ceil(len(self.train_set) / current().world_size)  # as the sampler shares them out
+        batches = math.ceil(per_process / self.cfg.train.batch_size)
         return math.ceil(batches / self.cfg.train.accumulate)
 
     # --- the task of the shared loop (train/loop.py) ----------------------------------------------------------
@@ -212,9 +215,10 @@ class FinetuneJob:
 
     def loader(self):
         from re2tal_cli.data.datasets import make_loader
+        from re2tal_cli.train.distributed import current
 
         return make_loader(self.train_set, self.cfg.train.batch_size, shuffle=True, workers=self.cfg.data.workers,
-                           seed=self.cfg.seed)  # fmt: skip
+                           seed=self.cfg.seed, shard=current().shard)  # fmt: skip
 
     def losses(self, batch, autocast) -> dict[str, torch.Tensor]:
         video, labels = batch["video"].to(self.device, non_blocking=True), batch["label"].to(self.device)

@@ -154,9 +154,11 @@ class TALJob:
         return make_tal_optimizer(self.cfg, self.model)
 
     def loader(self):
-        """The training batches, shuffled per epoch (`loader.sampler.set_epoch`) from the recipe's seed."""
+        """The training batches, shuffled per epoch (`loader.sampler.set_epoch`) from the recipe's seed; under
+        torchrun, this process's share of them."""
         from re2tal_cli.data.datasets import make_loader
         from re2tal_cli.train.data import collate_features
+        from re2tal_cli.train.distributed import current
 
         cfg, model = self.cfg, self.model
         collate = None
@@ -167,7 +169,7 @@ class TALJob:
                 return collate_features(batch, multiple, max_len)
 
         loader = make_loader(self.train_set, cfg.train.batch_size, shuffle=True, workers=cfg.data.workers,
-                             seed=cfg.seed, collate_fn=collate)  # fmt: skip
+                             seed=cfg.seed, collate_fn=collate, shard=current().shard)  # fmt: skip
         self.updates_per_epoch = -(-len(loader) // cfg.train.accumulate)
         return loader
 

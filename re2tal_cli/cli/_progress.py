@@ -68,3 +68,15 @@ class ProgressBar:
             transient=self.transient,
         )
         self._progress.__enter__()
+
+
+def training_progress(bar: ProgressBar):
+    """The training loop's progress callback (`train.loop.Progress`): a bar per task, its notes as lines above."""
+
+    def progress(task: str, done: int, total: int | None, info: str) -> None:
+        if task == "note":
+            bar.log(info)
+        else:
+            bar.update(task, done, total, info)
+
+    return progress

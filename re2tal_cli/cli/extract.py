@@ -68,6 +68,7 @@ def main(
 
     from re2tal_cli.cli._progress import ProgressBar
     from re2tal_cli.extract import ExtractSettings, extract_features
+    from re2tal_cli.train.distributed import launched
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -84,16 +85,17 @@ def main(
         device=device,
         amp=amp,
     )
-    with ProgressBar("extracting", quiet=as_json, transient=False) as bar:
-        events = _Events(bar, arch_given=arch is not None)
+    main_process = launched().is_main  # under torchrun, rank 0 alone draws its bar and reports; failures all do
+    with ProgressBar("extracting", quiet=as_json or not main_process, transient=False) as bar:
+        events = _Events(bar, arch_given=arch is not None or not main_process)
         result = extract_features(
             checkpoint, data, out, settings, arch=arch, subset=subset, force=force, progress=events
         )
     summary = result.to_dict()
     summary.update(written=len(result.written), skipped=len(result.skipped))
-    if as_json:
+    if main_process and as_json:
         typer.echo(json.dumps(summary))
-    else:
+    elif main_process:
         from rich.console import Console
 
         processed = len(result.written) + len(result.failed)

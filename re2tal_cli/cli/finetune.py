@@ -61,13 +61,15 @@ def main(
     as_json: Json = False,
 ) -> None:
     """Finetune a (rewired) backbone on clip classification, with Re²TAL's or Dr²Net's α/β schedule."""
-    from re2tal_cli.cli._progress import ProgressBar
+    from re2tal_cli.cli._progress import ProgressBar, training_progress
     from re2tal_cli.errors import BadInputError
     from re2tal_cli.finetune import finetune
+    from re2tal_cli.train.distributed import launched
 
     if out is None:
         raise BadInputError("give the run directory (`out`)")
-    with ProgressBar("finetune", quiet=as_json) as bar:
+    main_process = launched().is_main  # under torchrun, rank 0 alone reports
+    with ProgressBar("finetune", quiet=as_json or not main_process) as bar:
         summary = finetune(
             checkpoint,
             data,
@@ -82,8 +84,10 @@ def main(
             device=device,
             resume=resume,
             force=force,
-            progress=lambda task, done, total, info: bar.update(task, done, total, info),
+            progress=training_progress(bar),
         )
+    if not main_process:
+        return
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

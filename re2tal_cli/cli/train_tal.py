@@ -62,10 +62,12 @@ def main(
     as_json: Json = False,
 ) -> None:
     """Train temporal action localization: end to end on frames (reversible backbone), frozen, or on features."""
-    from re2tal_cli.cli._progress import ProgressBar
+    from re2tal_cli.cli._progress import ProgressBar, training_progress
+    from re2tal_cli.train.distributed import launched
     from re2tal_cli.train_tal import train_tal
 
-    with ProgressBar("train-tal", quiet=as_json) as bar:
+    main_process = launched().is_main  # under torchrun, rank 0 alone reports
+    with ProgressBar("train-tal", quiet=as_json or not main_process) as bar:
         summary = train_tal(
             data,
             out,
@@ -81,8 +83,10 @@ def main(
             device=device,
             resume=resume,
             force=force,
-            progress=lambda task, done, total, info: bar.update(task, done, total, info),
+            progress=training_progress(bar),
         )
+    if not main_process:
+        return
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -494,22 +494,33 @@ class EpochSampler:
 
     The order and, through the key, every sample's random draws (window start, augmentation) are functions of the
     seed and the epoch alone: they reach persistent worker processes (which hold their own copy of the dataset, so
-    `set_epoch` on the dataset would not), and a run resumed at epoch k draws what an uninterrupted one does."""
+    `set_epoch` on the dataset would not), and a run resumed at epoch k draws what an uninterrupted one does.
 
-    def __init__(self, size: int, shuffle: bool = False, seed: int = 0):
+    `shard` (rank, world size): the process's slice of the epoch's order — every world-size-th key from its rank,
+    the order first repeated from its start up to a multiple of the world size (as torch's DistributedSampler), so
+    that every process takes as many steps. Batch b of one process with batch size B·W then holds the samples of
+    step b of the W processes with batch size B; the order itself does not depend on the shard, so a run resumed on
+    another number of processes shares out each later epoch as one started there would."""
+
+    def __init__(self, size: int, shuffle: bool = False, seed: int = 0, shard: tuple[int, int] = (0, 1)):
+        rank, world_size = shard
+        if not 0 <= rank < world_size:
+            raise ValueError(f"shard {shard}: rank must be in [0, world size)")  # a caller's bug, not the user's
         self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.world_size)
 
     def __iter__(self):
-        order = range(self.size)
+        order = np.arange(self.size)
         if self.shuffle:
             order = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch])).permutation(self.size)
-        return iter([(self.epoch, int(i)) for i in order])
+        padded = np.resize(order, len(self) * self.world_size)  # repeats from the start
+        return iter([(self.epoch, int(i)) for i in padded[self.rank :: self.world_size]])
 
 
 def make_loader(
@@ -521,16 +532,18 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     collate_fn: Callable | None = None,
+    shard: tuple[int, int] = (0, 1),
 ):
     """A DataLoader over (epoch, index) keys from an `EpochSampler` (`loader.sampler.set_epoch(e)` before epoch e),
-    with worker processes and pinned memory when CUDA is present."""
+    with worker processes and pinned memory when CUDA is present; `shard` (rank, world size): this process's slice
+    of every epoch."""
     import torch
     from torch.utils.data import DataLoader
 
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle, seed),
+        sampler=EpochSampler(len(dataset), shuffle, seed, shard),
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,

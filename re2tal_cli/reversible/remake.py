@@ -27,8 +27,10 @@ def mark(tensor: torch.Tensor, remake: Callable[[], torch.Tensor]) -> torch.Tens
 
 
 def keep(ctx, tensors: Sequence[torch.Tensor]) -> None:
-    """Save `tensors` for ctx's backward: each one's remake where it has one, the tensor itself otherwise."""
-    remakes = [getattr(t, _REMAKE, None) for t in tensors]
+    """Save `tensors` for ctx's backward: each one's remake where it has one, the tensor itself otherwise. A tensor
+    that needs no gradient (made by a frozen layer, e.g. a frozen stem) came from a Function that recorded no graph
+    and so kept nothing to remake it from: it is saved itself."""
+    remakes = [getattr(t, _REMAKE, None) if t.requires_grad else None for t in tensors]
     ctx.save_for_backward(*(t for t, remake in zip(tensors, remakes, strict=True) if remake is None))
     ctx.remakes = remakes
 

@@ -1,7 +1,8 @@
 """The training loop every run shares (train-tal, finetune): epochs of accumulated, clipped, scheduled updates with
 EMA and AMP; per-step and per-epoch metrics; evaluation every k epochs; a complete checkpoint after every epoch; exact
-resume; a stop on a non-finite loss. What differs between runs — the model's losses, the evaluation, what a
-checkpoint must say to rebuild the model — is the `Task`'s.
+resume; a stop on a non-finite loss; several processes under torchrun (`train/distributed.py`). What differs
+between runs — the model's losses, the evaluation, what a checkpoint must say to rebuild the model — is the
+`Task`'s.
 
     summary = fit(task, RunDir("runs/x"), resume=False, progress=lambda task, done, total, info: None)
 """
@@ -19,9 +20,10 @@ from typing import Any, Protocol
 import torch
 
 from re2tal_cli.errors import BadInputError, BadRecipeError, NumericalError
+from re2tal_cli.text import plural
 from re2tal_cli.train.run import Checkpoint, RunDir
 
-# (task, done, total, info): task is "epoch", "step" or "eval"
+# (task, done, total, info): task is "epoch", "step" or "eval"; "note": `info` is a line to show the user
 Progress = Callable[[str, int, int | None, str], None]
 
 
@@ -45,7 +47,9 @@ class Task(Protocol):
         """The stages whose reversible guard is reported per epoch (none: an empty list)."""
 
     def before_update(self, step: int) -> dict[str, Any]:
-        """Called before the micro-steps of update `step` (0-based); returns fields for its step record."""
+        """Called before the micro-steps of update `step` (0-based, counted as (epoch − 1) × updates per epoch +
+        updates so far in the epoch: a run resumed on another number of processes continues its schedules where
+        the epoch is); returns fields for its step record."""
 
     def after_update(self) -> dict[str, Any]:
         """Called after each update; returns more fields for its step record."""
@@ -74,8 +78,9 @@ def run_job(
 ) -> dict[str, Any]:
     """A run from the command line's point of view: the output checked first; a new run's recipe (`new_recipe()`) or
     a resumed run's RUN/config.yaml read as a `kind`; the job built (`build`: every input checked, so nothing is
-    written before it returns); the run directory prepared and the resolved recipe written; then `fit`.
-    `not_on_resume`: the options a resumed run refuses, by parameter name (a resumed run keeps its config.yaml)."""
+    written before it returns); the run directory prepared and the resolved recipe written; then `fit`. Under
+    torchrun, all of it in the process group (`train/distributed.py`), rank 0 alone writing. `not_on_resume`: the
+    options a resumed run refuses, by parameter name (a resumed run keeps its config.yaml)."""
     from re2tal_cli.fileio import check_creatable
     from re2tal_cli.train.recipe import dump_yaml
 
@@ -88,13 +93,20 @@ def run_job(
         cfg = run.read_recipe(kind)
     else:
         cfg = new_recipe()
-    parsed = resolve_device(device, cfg.train.amp.value)
-    torch.manual_seed(cfg.seed)  # new parameters' initialisation (a resumed run loads its weights instead)
-    job = build(cfg, parsed)
-    if not resume:
-        run.prepare(resume=False, force=force)
-        run.write_config(dump_yaml(cfg))
-    return fit(job, run, resume, progress or (lambda task, done, total, info: None))
+    from re2tal_cli.train import distributed
+
+    with distributed.process_group(resolve_device(device, cfg.train.amp.value)) as (process, parsed):
+        torch.manual_seed(cfg.seed)  # new parameters' initialisation (a resumed run loads its weights instead)
+        job = build(cfg, parsed)
+        if not resume and process.is_main:
+            run.prepare(resume=False, force=force)
+            run.write_config(dump_yaml(cfg))
+        distributed.barrier()
+        return fit(job, run, resume, progress or _silent)
+
+
+def _silent(task: str, done: int, total: int | None, info: str) -> None:
+    pass
 
 
 def resolve_device(device: str, amp: str) -> torch.device:
@@ -110,20 +122,28 @@ def resolve_device(device: str, amp: str) -> torch.device:
 
 
 def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, Any]:
+    """Train `task` into `run` (from its last checkpoint with `resume`); the summary. With several processes
+    (`train/distributed.py`) every one trains, rank 0 alone logs, evaluates, saves and reports progress, and every
+    one returns rank 0's summary."""
+    from re2tal_cli.train import distributed
     from re2tal_cli.train.optim import WeightsEMA, lr_factor
     from re2tal_cli.train.run import rng_state, set_rng_state
 
+    process = distributed.current()
+    log, progress = (run.log, progress) if process.is_main else (lambda record: None, _silent)
     cfg, model, device = task.cfg, task.model, task.device
     train = cfg.train
     model.to(device)
+    losses = distributed.ParallelLosses(model, task.losses)
     optimizer = task.optimizer()
+    recipe_lrs = [group["base_lr"] for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=train.amp.value == "fp16")
     ema = WeightsEMA(model, train.ema_decay) if train.ema_decay > 0 else None
     loader = task.loader()
     updates_per_epoch = math.ceil(len(loader) / train.accumulate)
     warmup = round(train.warmup_epochs * updates_per_epoch)
     horizon = round((train.cosine_epochs or train.epochs) * updates_per_epoch)
-    first_epoch, step, best = 1, 0, None
+    first_epoch, step, best, resumed_from = 1, 0, None, None
     if resume:
         checkpoint = run.load_checkpoint("last")
         model.load_state_dict(checkpoint.model)
@@ -133,14 +153,26 @@ def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, 
         scaler.load_state_dict(checkpoint.state["scaler"])
         set_rng_state(checkpoint.state["rng"])
         first_epoch, step, best = checkpoint.meta["epoch"] + 1, checkpoint.meta["step"], checkpoint.meta["best"]
-        run.truncate_metrics(step, checkpoint.meta["epoch"])
-    writer = _tensorboard(run)
+        resumed_from = checkpoint.meta.get("world_size", 1)
+        if process.is_main:
+            run.truncate_metrics(step, checkpoint.meta["epoch"])
+    batching = global_batch(train, process.world_size)
+    for group, lr in zip(optimizer.param_groups, recipe_lrs, strict=True):  # a resumed optimizer's are overwritten
+        group["base_lr"] = lr * batching["lr_factor"]
+    if batching["global_batch"] != batching["reference_batch"]:
+        log({"kind": "batch", "epoch": first_epoch - 1, "step": step, **batching})
+        progress("note", 0, None, _batch_note(batching))
+    if resumed_from is not None and resumed_from != process.world_size:
+        progress("note", 0, None, f"resumed on {plural(process.world_size, 'process')} from a checkpoint written on "
+                                  f"{resumed_from}: epoch {first_epoch} is shared out anew")  # fmt: skip
+    writer = _tensorboard(run) if process.is_main else None
     autocast = autocast_for(device, train.amp.value)
     start = time.perf_counter()
     last_eval = None
     for epoch in range(first_epoch, train.epochs + 1):
         progress("epoch", epoch - 1, train.epochs, "")
         loader.sampler.set_epoch(epoch - 1)
+        distributed.seed_epoch(cfg.seed, epoch - 1)
         model.train()
         stages = task.residual_stages()
         for stage in stages:
@@ -151,15 +183,18 @@ def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, 
         tick = time.perf_counter()
         fields: dict[str, Any] = {}
         for micro, batch in enumerate(loader):
+            position = (epoch - 1) * updates_per_epoch + micro // train.accumulate  # where the schedules are
             if micro % train.accumulate == 0:
-                fields = task.before_update(step)
-            values = _micro_step(task, batch, autocast, scaler, train.accumulate, run, epoch, step)
+                fields = task.before_update(position)
+            last_micro = (micro + 1) % train.accumulate == 0 or micro + 1 == len(loader)
+            with contextlib.nullcontext() if last_micro else losses.no_sync():  # gradients averaged once per update
+                values = _micro_step(losses, batch, autocast, scaler, train.accumulate, run, epoch, step)
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
             seen += 1
-            if (micro + 1) % train.accumulate and micro + 1 < len(loader):
+            if not last_micro:
                 continue
-            scale = lr_factor(step, warmup, horizon)
+            scale = lr_factor(position, warmup, horizon)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * scale
             grad_norm = _update(optimizer, scaler, train.clip_grad, run, epoch, step + 1)
@@ -171,22 +206,24 @@ def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, 
                 "kind": "step", "epoch": epoch, "step": step, **values, **_learning_rates(optimizer), **fields,
                 **task.after_update(),
                 "grad_norm": grad_norm, "steps_per_s": 1.0 / max(now - tick, 1e-9),
-                "videos_per_s": train.batch_size * train.accumulate / max(now - tick, 1e-9),
+                "videos_per_s": batching["global_batch"] / max(now - tick, 1e-9),
                 "peak_memory_bytes": _peak_memory(device),
             }  # fmt: skip
             tick = now
-            run.log(record)
+            log(record)
             _scalars(writer, record, step)
-            progress("step", step - (epoch - 1) * updates_per_epoch, updates_per_epoch,
+            progress("step", micro // train.accumulate + 1, updates_per_epoch,
                      f"loss {values['loss']:.3f}  lr {record['lr']:.2e}  {record['steps_per_s']:.2f} it/s")  # fmt: skip
         epoch_record = {
             "kind": "epoch", "epoch": epoch, "step": step, **{k: v / max(seen, 1) for k, v in sums.items()},
             "seconds": time.perf_counter() - epoch_start, "guard": _guard_stats(stages),
         }  # fmt: skip
-        run.log(epoch_record)
+        log(epoch_record)
         if epoch >= cfg.eval.start_epoch and (epoch % cfg.eval.every == 0 or epoch == train.epochs):
-            last_eval = task.evaluate(run, ema, epoch, step, progress)
-            _scalars(writer, {task.metric: last_eval[task.metric]}, step)
+            if process.is_main:  # the others wait for it at the barrier
+                last_eval = task.evaluate(run, ema, epoch, step, progress)
+                _scalars(writer, {task.metric: last_eval[task.metric]}, step)
+            distributed.barrier()
         is_best = (
             last_eval is not None
             and last_eval["epoch"] == epoch
@@ -195,7 +232,10 @@ def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, 
         if is_best:
             best = {k: v for k, v in last_eval.items() if k not in ("kind", "weights")}
         state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
-        meta = {"epoch": epoch, "step": step, "best": best, "model": task.describe()}
+        if not process.is_main:
+            continue
+        meta = {"epoch": epoch, "step": step, "best": best, "model": task.describe(),
+                "world_size": process.world_size, "global_batch": batching["global_batch"]}  # fmt: skip
         checkpoint = Checkpoint(model.state_dict(), None if ema is None else ema.state, state, meta)
         run.save_checkpoint("last", checkpoint)
         if is_best:
@@ -203,7 +243,31 @@ def fit(task: Task, run: RunDir, resume: bool, progress: Progress) -> dict[str, 
     progress("epoch", train.epochs, train.epochs, "")
     if writer is not None:
         writer.close()
-    return task.summary(run, best, time.perf_counter() - start)
+    summary = task.summary(run, best, time.perf_counter() - start) if process.is_main else None
+    return distributed.from_main(summary)
+
+
+def global_batch(train, world_size: int) -> dict[str, Any]:
+    """The run's global batch (processes × batch_size × accumulate), the recipe's reference (train.reference_batch,
+    else batch_size × accumulate) and the factor its lr_scaling rule puts on every learning rate."""
+    from re2tal_cli.train.optim import lr_scale
+
+    actual = world_size * train.batch_size * train.accumulate
+    reference = train.reference_batch or train.batch_size * train.accumulate
+    return {
+        "world_size": world_size, "batch_size": train.batch_size, "accumulate": train.accumulate,
+        "global_batch": actual, "reference_batch": reference, "lr_scaling": train.lr_scaling.value,
+        "lr_factor": lr_scale(train.lr_scaling.value, actual, reference),
+    }  # fmt: skip
+
+
+def _batch_note(batching: dict[str, Any]) -> str:
+    b = batching
+    rule = b["lr_scaling"]
+    effect = "learning rates as the recipe sets them" if rule == "none" else f"learning rates × {b['lr_factor']:.4g}"
+    return (f"global batch {b['global_batch']} ({plural(b['world_size'], 'process')} × batch_size {b['batch_size']} × "
+            f"accumulate {b['accumulate']}) differs from the recipe's {b['reference_batch']} "
+            f"(train.reference_batch); train.lr_scaling {rule}: {effect}")  # fmt: skip
 
 
 def _learning_rates(optimizer) -> dict[str, float]:
@@ -216,15 +280,19 @@ def _learning_rates(optimizer) -> dict[str, float]:
     return rates
 
 
-def _micro_step(task: Task, batch, autocast, scaler, accumulate: int, run: RunDir, epoch: int, step: int) -> dict:
-    result = task.losses(batch, autocast)
-    loss = result["loss"]
-    if not torch.isfinite(loss):
+def _micro_step(losses, batch, autocast, scaler, accumulate: int, run: RunDir, epoch: int, step: int) -> dict:
+    """One batch's forward and backward; its losses averaged over the processes (so that every one stops together
+    on a non-finite loss)."""
+    from re2tal_cli.train.distributed import mean_over_processes
+
+    result = losses(batch, autocast)
+    values = mean_over_processes(result)
+    if not math.isfinite(values["loss"]):
         raise NumericalError(
-            f"epoch {epoch}, step {step + 1}: the loss is {loss.item()}; training stopped, {_last_good(run)}"
+            f"epoch {epoch}, step {step + 1}: the loss is {values['loss']}; training stopped, {_last_good(run)}"
         )
-    scaler.scale(loss / accumulate).backward()
-    return {k: v.item() for k, v in result.items()}
+    scaler.scale(result["loss"] / accumulate).backward()
+    return values
 
 
 def _update(optimizer, scaler, clip_grad: float, run: RunDir, epoch: int, step: int) -> float:

@@ -45,6 +45,13 @@ def lr_factor(step: int, warmup: int, horizon: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def lr_scale(rule: str, global_batch: int, reference_batch: int) -> float:
+    """The factor on every learning rate of a run whose global batch differs from the one its recipe's rates were
+    set for: 1 (none), the ratio (linear) or its square root (sqrt)."""
+    ratio = global_batch / reference_batch
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
 class WeightsEMA:
     """Exponential moving average of a model's weights and buffers (ActionFormer's and OpenTAD's `ModelEma`, decay
     0.999, updated after every optimizer step), kept as tensors beside the model rather than a second module, and

@@ -56,6 +56,12 @@ class Optimizer(enum.StrEnum):
     SGD = "sgd"  # with momentum 0.9
 
 
+class LrScaling(enum.StrEnum):
+    NONE = "none"  # the recipe's learning rates at any global batch
+    LINEAR = "linear"  # × global batch / train.reference_batch (Goyal et al.'s rule, SGD)
+    SQRT = "sqrt"  # × √(global batch / train.reference_batch) (often used with Adam)
+
+
 class Fusion(enum.StrEnum):
     SQRT = "sqrt"  # ActionFormer: score = sqrt(class score × proposal score)
     PRODUCT = "product"  # OpenTAD: score = class score × proposal score
@@ -172,6 +178,10 @@ class Train:
     cosine_epochs: float | None = None  # horizon of the cosine decay after warm-up; None: epochs (decays to 0)
     batch_size: int = 2  # videos per step (per process)
     accumulate: int = 1  # steps whose gradients are summed before an optimizer update
+    # the global batch (videos per optimizer update, all processes together) the learning rates are set for; None:
+    # batch_size × accumulate, one process. A run whose processes × batch_size × accumulate differs says so
+    reference_batch: int | None = None
+    lr_scaling: LrScaling = LrScaling.NONE  # how the learning rates follow a global batch ≠ reference_batch
     optimizer: Optimizer = Optimizer.ADAMW
     lr: float = 1e-4  # localizer learning rate
     weight_decay: float = 0.05  # on weights of rank ≥ 2 only (not norms, biases, scales)
@@ -258,6 +268,8 @@ def _check_train(train: Train) -> None:
             raise BadRecipeError(f"recipe key train.{key} must be at least 1, got {value}")
     if not train.lr > 0:
         raise BadRecipeError(f"recipe key train.lr must be positive, got {train.lr}")
+    if train.reference_batch is not None and train.reference_batch < 1:
+        raise BadRecipeError(f"recipe key train.reference_batch must be at least 1, got {train.reference_batch}")
     for key, value in {"warmup_epochs": train.warmup_epochs, "clip_grad": train.clip_grad,
                        "weight_decay": train.weight_decay}.items():  # fmt: skip
         if value < 0:

@@ -44,6 +44,10 @@ class TALModel(nn.Module):
         self.feature_length = feature_length
         if backbone is not None and frozen:
             backbone.requires_grad_(False)
+        for part in ("head", "fc_norm"):  # the backbone's classifier (ViT's with its norm): features never reach it
+            classifier = getattr(backbone, part, None)
+            if classifier is not None:
+                classifier.requires_grad_(False)  # so neither the optimizer nor DDP waits for its gradients
 
     @property
     def unit(self) -> int:
