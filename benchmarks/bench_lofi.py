@@ -8,9 +8,10 @@ Every step is the real command line, in its own process:
 2. stage 1, the "classification-pretrained encoder" a user would download: `re2tal finetune SOURCE --schedule none`
    on the clips from random weights (ordinary autograd);
 3. baseline: the localizer trained at full fidelity on that encoder, frozen (`train-tal --backbone PRE --frozen`);
-4. LoFi: stage 2, `train-tal --backbone PRE --set lofi.mode=MODE` (encoder and localizer end to end on reduced
-   batches), then stage 3, `train-tal --backbone STAGE2_RUN --frozen` (a new localizer at full fidelity on the
-   LoFi-trained encoder, frozen) — same recipe, seed and epochs as the baseline;
+4. LoFi, per mode of `--modes`: stage 2, `train-tal --backbone PRE --set lofi.mode=MODE` (encoder and localizer end
+   to end on reduced batches), then stage 3, `train-tal --backbone STAGE2_RUN --frozen` (a new localizer at full
+   fidelity on the LoFi-trained encoder, frozen) — same recipe, seed and epochs as the baseline; with
+   `--full-fidelity` the same two stages end to end at full fidelity (what LoFi approximates);
 5. memory: `re2tal memprofile` of one training step at the full-fidelity input and at each configuration's reduced
    input (CUDA allocator model, a real arch and ActionFormer), so the per-video memory of s, t, st sits side by side.
 Reported: average mAP (THUMOS protocol, tIoU 0.3:0.7, test subset) of the last epoch, per seed and their mean.
@@ -97,7 +98,8 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=15, help="LoFi stage 2 epochs")
     parser.add_argument("--head-epochs", type=int, default=15, help="baseline and stage 3 epochs")
-    parser.add_argument("--mode", default="cyclic-long")
+    parser.add_argument("--modes", nargs="+", default=["cyclic-long"], help="LoFi modes, one arm each")
+    parser.add_argument("--full-fidelity", action="store_true", help="also an arm end to end at full fidelity")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-arch", default="tsm-r50")
@@ -110,7 +112,7 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, {args.threads} threads, "
-          f"{args.arch}, LoFi {args.mode}", flush=True)  # fmt: skip
+          f"{args.arch}, LoFi {' '.join(args.modes)}", flush=True)  # fmt: skip
     data = work / "data"
     if not (data / "annotations.json").is_file():
         run([*RE2TAL, "data", "synth", data, "--videos", args.videos, "--clips-per-class", args.clips_per_class,
@@ -118,18 +120,25 @@ def main() -> None:
     pre = pretrained_encoder(work, data, args)
     top1 = json.loads((work / "pretrain" / "summary.json").read_text())["final"]["top1"]
     print(f"stage 1: {args.arch} classification-pretrained on the clips, top-1 {100 * top1:.1f} %", flush=True)
-    results = {"baseline": {}, "lofi": {}, "stage2": {}}
+    arms = [f"lofi {mode}" for mode in args.modes] + (["full fidelity"] if args.full_fidelity else [])
+    results: dict[str, dict] = {"baseline": {}} | {arm: {} for arm in arms} | {f"{arm}, stage 2": {} for arm in arms}
     for seed in args.seeds:
         base = train_tal(data, pre, work / f"frozen-s{seed}", args.head_epochs, seed, args.threads, "--frozen")
-        stage2 = work / f"lofi-s{seed}"
-        s2 = train_tal(data, pre, stage2, args.epochs, seed, args.threads, *sets(f"lofi.mode={args.mode}"))
-        s3 = train_tal(data, stage2, work / f"lofi-head-s{seed}", args.head_epochs, seed, args.threads, "--frozen")
-        results["baseline"][seed], results["lofi"][seed], results["stage2"][seed] = map(last_map, (base, s3, s2))
-        print(f"seed {seed}: classification-pretrained frozen {last_map(base):.4f} | LoFi stage 2 (evaluated at "
-              f"full fidelity) {last_map(s2):.4f} → stage 3 frozen {last_map(s3):.4f}", flush=True)  # fmt: skip
-    for arm in ("baseline", "lofi"):
-        values = list(results[arm].values())
-        print(f"{arm}: mean average mAP {statistics.mean(values):.4f} over seeds {args.seeds}")
+        results["baseline"][seed] = last_map(base)
+        print(f"seed {seed}: classification-pretrained encoder, frozen: {last_map(base):.4f}", flush=True)
+        for arm in arms:
+            name = arm.replace("lofi ", "").replace(" ", "-")
+            stage2 = work / f"e2e-{name}-s{seed}"
+            lofi = sets(f"lofi.mode={arm.removeprefix('lofi ')}") if arm != "full fidelity" else []
+            s2 = train_tal(data, pre, stage2, args.epochs, seed, args.threads, *lofi)
+            s3 = train_tal(data, stage2, work / f"head-{name}-s{seed}", args.head_epochs, seed, args.threads,
+                           "--frozen")  # fmt: skip
+            results[arm][seed], results[f"{arm}, stage 2"][seed] = last_map(s3), last_map(s2)
+            print(f"seed {seed}: {arm}: end to end (evaluated at full fidelity) {last_map(s2):.4f} → its encoder "
+                  f"frozen, a new localizer {last_map(s3):.4f}", flush=True)  # fmt: skip
+    for arm, per_seed in results.items():
+        values = list(per_seed.values())
+        print(f"{arm:28s} mean average mAP {statistics.mean(values):.4f}  ({' '.join(f'{v:.4f}' for v in values)})")
     rows = [] if args.skip_memory else memory(args)
     for row in rows:
         peaks = "  ".join(f"{w} {v:.2f}" for w, v in row["peak_gib"].items())

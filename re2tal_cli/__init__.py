@@ -38,8 +38,15 @@ _API = {
     "Coupling": "re2tal_cli.reversible",
     "Wiring": "re2tal_cli.reversible.wiring",
     "WiringName": "re2tal_cli.reversible.wiring",
+    "demo": "re2tal_cli.demo",
+    "import_checkpoint": "re2tal_cli.importing",
     "ActionFormer": "re2tal_cli.localizers",
     "ActionFormerConfig": "re2tal_cli.localizers",
+    "VSGN": "re2tal_cli.localizers",
+    "VSGNConfig": "re2tal_cli.localizers",
+    "GTAD": "re2tal_cli.localizers",
+    "GTADConfig": "re2tal_cli.localizers",
+    "create_localizer": "re2tal_cli.localizers",
 }
 
 __all__ = ["__version__", *_API]
