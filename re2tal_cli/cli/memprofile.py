@@ -52,7 +52,8 @@ def main(
         str,
         typer.Option(
             metavar="NAME",
-            help="Localizer trained on the features: none or a localizer's name (actionformer: THUMOS-14 config).",
+            help="Localizer trained on the features, in its default config: none, actionformer (THUMOS-14), vsgn or "
+            "gtad (ActivityNet, 100 snippets).",
         ),
     ] = "none",
     outside: Annotated[

@@ -29,7 +29,7 @@ def length_bins(lengths: np.ndarray, scheme: str = "auto") -> tuple[str, tuple[t
     if scheme == "auto":
         scheme = "thumos" if len(lengths) == 0 or float(np.median(lengths)) < 30.0 else "anet"
     if scheme not in BIN_SCHEMES:
-        raise BadDataError(f"unknown bin scheme {scheme!r}; use auto, thumos or anet")
+        raise BadDataError(f"`bins`: unknown bin scheme {scheme!r}; use auto, thumos or anet")
     return scheme, BIN_SCHEMES[scheme]
 
 
