@@ -193,8 +193,8 @@ def evaluate(
     """mAP of a prediction file against ground truth under a protocol, optionally with the length breakdown.
 
     `ground_truth` is an annotations JSON or a dataset directory; `prediction` a submission JSON or a train-tal run
-    directory. `tiou` replaces the protocol's thresholds; `subset=None` picks validation, else test. `plot`: also
-    write the length breakdown as a PNG there (checked before the work).
+    directory. `tiou` replaces the protocol's thresholds; `subset=None` picks validation (or val), else test.
+    `plot`: also write the length breakdown as a PNG there (checked before the work).
     """
     if protocol not in PROTOCOLS:
         raise UnknownNameError("protocol", protocol, PROTOCOLS, param="protocol")

@@ -22,7 +22,7 @@ from re2tal_cli.text import plural
 GT_FILE = "annotations.json"
 PRED_FILE = "predictions.json"
 # Tried in this order when --subset is not given: ActivityNet's official default, then THUMOS-14's test split.
-DEFAULT_SUBSETS = ("validation", "test")
+DEFAULT_SUBSETS = ("validation", "val", "test")  # the official files' name, `re2tal data convert`'s, then test
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _label(path: Path, where: str, item: dict) -> str:
 
 
 def load_ground_truth(path: str | Path, subset: str | None = None, ambiguous_label: str | None = None) -> GroundTruth:
-    """Load the instances of one subset; `subset=None` picks validation, else test, else the only subset.
+    """Load the instances of one subset; `subset=None` picks validation (or val), else test, else the only subset.
 
     `ambiguous_label` (protocol thumos: "Ambiguous") sets those segments apart instead of making them a class.
     """

@@ -127,3 +127,16 @@ def test_plot_without_matplotlib_says_so(dataset, tmp_path, monkeypatch):
     assert res.exit_code == 1
     assert res.stderr.strip() == "Error: --plot needs matplotlib: pip install 're2tal[plot]'"
     assert not (tmp_path / "x.png").exists()
+
+
+def test_default_subset_is_val_as_data_convert_writes_activitynet(dataset):
+    """`re2tal data convert activitynet` names the validation set `val` and keeps an unannotated `test`."""
+    data, run = dataset
+    annotations = json.loads((data / "annotations.json").read_text())
+    for video in annotations["database"].values():
+        video["subset"] = {"validation": "val", "training": "train"}[video["subset"]]
+    annotations["database"]["d"] = {"subset": "test", "annotations": []}
+    (data / "annotations.json").write_text(json.dumps(annotations))
+    result = runner.invoke(app, ["evaluate", str(data), str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["subset"] == "val"
