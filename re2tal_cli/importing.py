@@ -60,6 +60,7 @@ class ImportReport:
     unmapped: tuple[str, ...]  # source keys with no place in the run's model
     not_in_source: tuple[str, ...]  # the model's tensors the source lacks, kept at the recipe's initial value
     out: str
+    average_mAP: float | None = None  # with `evaluate`: on the recipe's validation subset
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -75,14 +76,17 @@ def import_checkpoint(
     data: str | os.PathLike | None = None,
     features: str | os.PathLike | None = None,
     arch: str | None = None,
+    evaluate: bool = False,
     force: bool = False,
+    progress=None,
 ) -> ImportReport:
     """Write the train-tal run `out` from the training checkpoint `src` (see the module docstring). `recipe`: a name
     in recipes/ or a YAML file (default: DEFAULT_RECIPES by mode), with `sets` KEY=VALUE overrides; class names from
     `classes` (a text file, one per line) or the dataset directory `data` (recorded, so the run can train further),
     else unnamed; `features`: the features directory of a features run (recorded, for `detect` and training);
-    `arch`: the backbone's architecture when its keys fit several. Everything is checked before anything is
-    written, and the directory appears whole or not at all."""
+    `arch`: the backbone's architecture when its keys fit several. `evaluate`: then evaluate the run on the
+    recipe's validation subset of `data` (RUN/predictions.json, for `re2tal evaluate`; the average mAP in the
+    report). Everything is checked before anything is written, and the directory appears whole or not at all."""
     from re2tal_cli.fileio import atomic_dir, check_output_dir
     from re2tal_cli.train.recipe import Mode, dump_yaml, load_recipe
     from re2tal_cli.train.run import Checkpoint, RunDir, absolute_path, describe_backbone, rng_state
@@ -91,6 +95,8 @@ def import_checkpoint(
 
     if classes is not None and data is not None:
         raise BadInputError("give `classes` or `data` (whose class list a run uses), not both")
+    if evaluate and data is None:
+        raise BadInputError("`evaluate` runs the detector on a dataset's validation videos: give `data`")
     check_output_dir(out, force)
     path = hub.resolve(src)
     if path.suffix == ".safetensors":
@@ -165,6 +171,10 @@ def import_checkpoint(
         run = RunDir(tmp)
         run.write_config(dump_yaml(cfg))
         run.save_checkpoint("last", checkpoint)
+    if evaluate:
+        from re2tal_cli.train_tal import evaluate_run
+
+        report = replace(report, average_mAP=evaluate_run(out, progress=progress)["average_mAP"])
     return report
 
 

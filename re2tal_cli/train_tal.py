@@ -295,6 +295,25 @@ def model_from_run(run: RunDir, checkpoint: str = "best"):
     return model.eval(), cfg, meta
 
 
+def evaluate_run(root, *, checkpoint: str = "last", device: str = "cpu", progress: Progress | None = None) -> dict:
+    """Evaluate a run's checkpoint on its recipe's validation subset as training does after an epoch (the EMA
+    weights when kept): RUN/predictions.json, an "eval" record in RUN/metrics.jsonl; returns the record. For a run
+    that was never evaluated, such as an imported one, so that `re2tal evaluate` has its predictions."""
+    from re2tal_cli.train.loop import resolve_device
+    from re2tal_cli.train.optim import WeightsEMA
+
+    run = RunDir(root)
+    cfg, saved, meta = _read_run(run, checkpoint)
+    job = TALJob.build(cfg, resolve_device(device, cfg.train.amp.value))
+    job.model.load_state_dict(saved.model)
+    job.model.to(job.device)
+    ema = None
+    if saved.ema is not None:
+        ema = WeightsEMA(job.model, 0.0)
+        ema.state = {k: v.to(job.device) for k, v in saved.ema.items()}
+    return job.evaluate(run, ema, meta["epoch"], meta["step"], progress or (lambda task, done, total, info: None))
+
+
 def backbone_of_run(root, where_defined: dict):
     """The backbone a frames run trained (LoFi-E2E's stage 2 → the frozen encoder of stage 3), as a LoadedBackbone:
     its best checkpoint's weights (the EMA's when kept), built with the fields of `where_defined` that its

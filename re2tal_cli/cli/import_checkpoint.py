@@ -52,14 +52,26 @@ def main(
         typer.Option(metavar="DIR", help="Features directory (`re2tal extract`) of a features run: detect, training."),
     ] = None,
     arch: Arch = None,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate",
+            help="Then run the detector on the recipe's validation subset of --data: RUN/predictions.json for "
+            "re2tal evaluate, and the average mAP.",
+        ),
+    ] = False,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
     """Import an OpenTAD or ActionFormer checkpoint as a train-tal run (detect, evaluate, train further)."""
+    from re2tal_cli.cli._progress import ProgressBar
     from re2tal_cli.importing import import_checkpoint
 
-    report = import_checkpoint(src, out, recipe=recipe, sets=sets or (), classes=classes, data=data,
-                               features=features, arch=arch, force=force)  # fmt: skip
+    with ProgressBar("evaluate", quiet=as_json) as bar:
+        report = import_checkpoint(src, out, recipe=recipe, sets=sets or (), classes=classes, data=data,
+                                   features=features, arch=arch, evaluate=evaluate, force=force,
+                                   progress=lambda task, done, total, info: bar.update(task, done, total, info),
+                                   )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -78,6 +90,8 @@ def _render(report) -> None:
     table.add_row("weights", f"{entries}; detect and evaluation use {report.evaluated}")
     backbone = f", backbone {report.arch} ({report.backbone_tensors} tensors)" if report.arch else ""
     table.add_row("run", f"{report.mode}{backbone}, localizer {report.localizer_tensors} tensors")
+    if report.average_mAP is not None:
+        table.add_row("evaluated", f"average mAP {100 * report.average_mAP:.2f} (RUN/predictions.json)")
     if report.wiring is not None:
         w = report.wiring
         table.add_row("wiring", f"α={w['alpha']:g}, β={w['beta']:g}, {w['execution']}")

@@ -29,3 +29,20 @@ def test_imported_run_resumes_training_and_evaluates(features_run, synth, recipe
     summary = json.loads(ok(invoke("train-tal", "--out", out, "--resume", "--json")).stdout)
     assert summary["final"]["epoch"] == 1 and (out / "predictions.json").is_file()
     ok(invoke("evaluate", synth, out, "--protocol", "thumos", "--json"))
+
+
+def test_import_with_evaluate_writes_the_predictions_the_source_run_would(features_run, synth, recipe, tmp_path):
+    """`--evaluate`: the imported detector on the validation subset gives the source run's own evaluation (same
+    weights, features and post-processing), and `re2tal evaluate` reads its predictions."""
+    run, summary = features_run
+    source, _, meta = model_from_run(RunDir(run))  # the best checkpoint
+    src = tmp_path / "best.pth.tar"
+    state = release_state(source.localizer.state_dict())
+    training_checkpoint(src, state, state)
+    out = tmp_path / "imported"
+    result = json.loads(ok(invoke("import", src, "--out", out, "--recipe", recipe, "--data", synth, "--features",
+                                  run.parent / "feats", "--evaluate", "--json")).stdout)  # fmt: skip
+    assert result["average_mAP"] == summary["best"]["average_mAP"] and meta["epoch"] == summary["best"]["epoch"]
+    evaluated = json.loads(ok(invoke("evaluate", synth, out, "--protocol", "thumos", "--json")).stdout)
+    assert evaluated["average_mAP"] == result["average_mAP"]
+    assert "give --data" in invoke("import", src, "--out", tmp_path / "x", "--recipe", recipe, "--evaluate").stderr
