@@ -31,6 +31,7 @@ def memprofile(
     drop_path: float = 0.1,
     head: str = "none",
     outside: str | None = None,
+    lofi: str | None = None,
     gpu: str | None = None,
     gpu_mem: float | None = None,
     device: str | None = None,
@@ -44,8 +45,9 @@ def memprofile(
     estimates along depth, frames or size (with `plot`: its figure). Everything is checked before any estimate.
 
     `outside` (keep or recompute): what checkpoint and reversible steps keep of the layers outside the residual
-    stages (default: recompute; plain keeps everything). `frames`/`size` default to the arch's pretraining input;
-    `device` to cuda, or cpu for a measurement without CUDA. `largest` ("frames" or "batch", needs a GPU): the
+    stages (default: recompute; plain keeps everything). `lofi` (s, t or st): the input that LoFi-E2E configuration
+    trains on (the paper's factors) instead of `frames` × `size`. `frames`/`size` default to the arch's pretraining
+    input; `device` to cuda, or cpu for a measurement without CUDA. `largest` ("frames" or "batch", needs a GPU): the
     largest value that fits. `progress(done, total, what)` is told as estimates and measurements complete. The
     report's keys: config, gpu, wirings (or the sweep's)."""
     from re2tal_cli.memory import gpus
@@ -77,6 +79,13 @@ def memprofile(
     if sweep is not None and (measure or largest is not None):
         raise BadInputError("`sweep` estimates a series: it takes neither `measure` nor `largest`")
     axis = _choice(SweepAxis, sweep, "sweep") if sweep is not None else None
+    full_frames = frames if frames is not None else spec.input.num_frames
+    full_size = size if size is not None else spec.input.image_size
+    frames, size = full_frames, full_size
+    if lofi is not None:
+        if axis is not None and axis.value in ("frames", "size"):
+            raise BadInputError(f"`lofi` reduces frames and size: `sweep` {axis.value} would undo it")
+        frames, size = _lofi_input(lofi, full_frames, full_size)
     wirings = list(WIRINGS) if wiring == "all" else [_choice(WiringName, wiring, "wiring", extra=("all",))]
     head_name = None if head == "none" else _choice(HeadName, head, "head", extra=("none",))
     if plot is not None:
@@ -89,8 +98,8 @@ def memprofile(
         device = "cpu" if measure and not torch.cuda.is_available() else "cuda"
     base = StepConfig(
         archs[0],
-        frames if frames is not None else spec.input.num_frames,
-        size if size is not None else spec.input.image_size,
+        frames,
+        size,
         batch,
         wirings[0],
         amp,
@@ -115,10 +124,29 @@ def memprofile(
             gpu_json = [{"name": t.name, "usable_bytes": t.usable_bytes} for t in targets]
         return series.to_json() | {"gpu": gpu_json, "plot": None if plot is None else str(plot)}
     return {
-        "config": base.to_json() | {"wiring": [w.value for w in wirings], "outside": outside or "recompute"},
+        "config": base.to_json()
+        | {
+            "wiring": [w.value for w in wirings],
+            "outside": outside or "recompute",
+            "lofi": None if lofi is None else {"mode": lofi, "full_frames": full_frames, "full_size": full_size},
+        },  # fmt: skip
         "gpu": gpu_json,
         "wirings": _profile(base, wirings, target, measure, largest, notify),
     }
+
+
+def _lofi_input(mode: str, frames: int, size: int) -> tuple[int, int]:
+    """(frames, size) of LoFi-E2E's configuration `mode` (s, t, st; the paper's factors) for a full input."""
+    from re2tal_cli.train.lofi import fidelities, reduced_size
+    from re2tal_cli.train.recipe import Lofi, LofiMode
+
+    by_name = {f.name: f for f in fidelities(Lofi(mode=LofiMode.CYCLIC_LONG))}
+    if mode not in by_name:
+        raise BadInputError(f"`lofi` must be s, t or st, got {mode!r}")
+    fidelity = by_name[mode]
+    if frames % fidelity.temporal:
+        raise BadInputError(f"`lofi` {mode} keeps every {fidelity.temporal}th frame: {frames} frames do not divide")
+    return reduced_size(frames, size, fidelity)
 
 
 def report_table(report: dict[str, Any]):

@@ -64,6 +64,14 @@ def main(
             "stages (stems, first blocks, fusions, patch merging). Default: recompute.",
         ),
     ] = None,
+    lofi: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MODE",
+            help="s, t or st: the input LoFi-E2E's configuration trains on (r_s 2; r_t 4; r_s √2 and r_t 2) instead "
+            "of --frames × --size.",
+        ),
+    ] = None,
     gpu: Annotated[
         str | None,
         typer.Option(
@@ -117,6 +125,7 @@ def main(
             drop_path=drop_path,
             head=head,
             outside=outside,
+            lofi=lofi,
             gpu=gpu,
             gpu_mem=gpu_mem,
             device=device,

@@ -56,6 +56,23 @@ def test_head_is_a_component_of_its_own_in_json_and_table():
     assert "vit-tiny + actionformer" in result.output and "of which head" in result.output
 
 
+def test_lofi_trains_on_a_quarter_of_the_pixels_at_about_the_same_memory_in_each_configuration():
+    """--lofi s|t|st: the reduced input of each LoFi-E2E configuration (recorded with the full one); the three hold
+    about the same memory, well below full fidelity."""
+    args = ["--arch", "tsm-tiny", "--frames", "32", "--size", "128", "--wiring", "reversible", "--json"]
+    peaks, inputs = {}, {}
+    for mode in (None, "s", "t", "st"):
+        data = json.loads(_run(*args, *(["--lofi", mode] if mode else [])).output)
+        inputs[mode] = (data["config"]["frames"], data["config"]["size"])
+        peaks[mode] = data["wirings"][0]["estimate"]["bytes"]["activations_kept"]["backbone"]
+        assert data["config"]["lofi"] == (None if mode is None else {"mode": mode, "full_frames": 32, "full_size": 128})
+    assert inputs == {None: (32, 128), "s": (32, 64), "t": (8, 128), "st": (16, 91)}
+    reduced = [peaks[m] for m in ("s", "t", "st")]
+    assert max(reduced) < 0.4 * peaks[None] and max(reduced) / min(reduced) < 1.15
+    assert "would undo it" in _run(*args, "--lofi", "t", "--sweep", "frames").output
+    assert "do not divide" in _run("--arch", "tsm-tiny", "--frames", "30", "--lofi", "t").output
+
+
 def test_table_renders():
     result = _run("--arch", "vit-tiny", "--frames", "4", "--size", "32", "--wiring", "reversible", "--gpu-mem", "1")
     assert result.exit_code == 0, result.output
