@@ -29,7 +29,8 @@ class Localizer(nn.Module):
     """Base of the localizers: input and target checks, the loss from targets, post-processing overrides.
 
     A subclass sets `config` (with `max_seq_len`, `pad_multiple` and `postprocess`) and implements `forward`,
-    `targets`, `loss_from_targets` and `predict`."""
+    `targets`, `loss_from_targets` and `predict`; its output has `masks`, the valid steps: (B, T), or one (B, T_l)
+    per pyramid level."""
 
     def __init__(self, in_channels: int, num_classes: int, config):
         super().__init__()
@@ -65,12 +66,13 @@ class Localizer(nn.Module):
         """Training losses of a batch: segments[i] (N_i, 2) [start, end] in feature steps, labels[i] (N_i,) class
         indices in [0, K); N_i = 0 is a window without actions. Returns {"loss": the sum to backpropagate, and its
         parts}, scalar tensors."""
-        batch = out.masks[0].shape[0] if isinstance(out.masks, list) else out.masks.shape[0]
+        first = out.masks[0] if isinstance(out.masks, list) else out.masks
+        batch = first.shape[0]
         if len(segments) != batch or len(labels) != batch:
             raise BadInputError(f"got {len(segments)} segment and {len(labels)} label tensors for a batch of {batch}")
         for video_segments, video_labels in zip(segments, labels, strict=True):
             self.check_targets(video_segments, video_labels)
-        device = out.masks[0].device
+        device = first.device
         return self.loss_from_targets(out, *(t.to(device) for t in self.targets(out, segments, labels)))
 
     def postprocess_config(self, **overrides) -> PostprocessConfig:
