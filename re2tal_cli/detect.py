@@ -6,7 +6,8 @@
 The run says what it needs (RUN/config.yaml and its checkpoint's meta): a frames run (end to end or frozen) runs its
 own backbone and localizer on the video's frames, arranged as in its evaluation; a features run first computes the
 video's features as its `re2tal extract` output was made (the same backbone checkpoint and settings), then the
-localizer. The best checkpoint is used (else the last), with the EMA weights when the run kept them.
+localizer. A run on features that no re2tal backbone made (`re2tal data features`) is refused: there is no backbone
+to compute them with. The best checkpoint is used (else the last), with the EMA weights when the run kept them.
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ def _video_features(cfg, source, device) -> dict[str, Any]:
     from re2tal_cli.train.data import Grid, read_feature_index, resample
 
     index = read_feature_index(cfg.source.features)
+    if index.get("arch") is None:
+        raise BadInputError(
+            f"{Path(cfg.source.features) / 'index.json'}: the run's features were imported from {index['source']} "
+            "(`re2tal data features`), not made by a re2tal backbone, so a new video's features cannot be computed; "
+            "detect needs a run on frames or on `re2tal extract` features"
+        )
     loaded = load_backbone(index.get("checkpoint", index["source"]), index["arch"])
     backbone = loaded.model.eval().to(device)
     resolved = {k: v for k, v in index["settings"].items() if k not in ("arch", "source")}

@@ -23,7 +23,7 @@ from re2tal_cli.cli import (
     train_tal,
 )
 from re2tal_cli.cli._errors import handle_errors
-from re2tal_cli.cli.data import convert, info, synth
+from re2tal_cli.cli.data import convert, features, info, synth
 from re2tal_cli.cli.hub import push
 
 SETTINGS = dict(
@@ -62,10 +62,11 @@ for _command in (rewire, finetune, extract, train_tal, import_checkpoint, evalua
 
 data = typer.Typer(
     name="data",
-    help="Datasets: convert THUMOS-14 / ActivityNet-1.3 annotations, generate the synthetic set, summarise a dataset.",
+    help="Datasets: convert THUMOS-14 / ActivityNet-1.3 annotations and published features, generate the synthetic "
+    "set, summarise a dataset.",
     **SETTINGS,
 )
-for _command in (convert, synth, info):
+for _command in (convert, features, synth, info):
     _add(data, _command)
 app.add_typer(data, name="data")
 

@@ -45,6 +45,7 @@ def test_the_app_has_the_commands_we_document():
         "evaluate",
         "memprofile",
         "data convert",
+        "data features",
         "data synth",
         "data info",
     } <= names

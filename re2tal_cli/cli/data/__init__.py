@@ -1,1 +1,1 @@
-"""`re2tal data …`: one module per sub-command (convert, synth, info), assembled by `cli/app.py`."""
+"""`re2tal data …`: one module per sub-command (convert, features, synth, info), assembled by `cli/app.py`."""
