@@ -118,7 +118,7 @@ class FeatureDataset:
         if missing:
             raise BadDataError(
                 f"{self.root}: {plural(len(missing), 'video')} without a features file (first: {missing[0]}); "
-                "extract them with `re2tal extract`"
+                "make them with `re2tal extract` (or `re2tal data features` from published files)"
             )
         self.channels = self._read(entries[0].id)[0].shape[0]
 
@@ -131,7 +131,7 @@ class FeatureDataset:
                 feats, times, meta = f.get_tensor("feats"), f.get_tensor("times"), f.metadata() or {}
             step = float(meta["stride"]) / float(meta["fps"])
         except Exception as error:  # noqa: BLE001 - unreadable or not ours: one message
-            raise BadDataError(f"{path}: not a features file of `re2tal extract` ({error})") from None
+            raise BadDataError(f"{path}: not a features file ({error})") from None
         grid = Grid(float(times[0]), step)
         if self.resample_to is not None:
             grid = grid.resampled(feats.shape[1], self.resample_to)
@@ -185,7 +185,9 @@ def read_feature_index(features: str | os.PathLike) -> dict[str, Any]:
     """The index.json of an extract output: arch, source checkpoint, settings, channels."""
     path = Path(features) / "index.json"
     if not path.is_file():
-        raise BadDataError(f"{features}: not a features directory of `re2tal extract` (no index.json)")
+        raise BadDataError(
+            f"{features}: not a features directory (no index.json): `re2tal extract` or `re2tal data features` makes one"
+        )
     return read_json(path)
 
 
