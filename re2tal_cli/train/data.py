@@ -186,7 +186,7 @@ def read_feature_index(features: str | os.PathLike) -> dict[str, Any]:
     path = Path(features) / "index.json"
     if not path.is_file():
         raise BadDataError(
-            f"{features}: not a features directory (no index.json): `re2tal extract` or `re2tal data features` makes one"
+            f"{features}: not a features directory (no index.json): made by `re2tal extract` or `re2tal data features`"
         )
     return read_json(path)
 
