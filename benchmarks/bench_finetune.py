@@ -22,21 +22,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RE2TAL = [sys.executable, "-m", "re2tal_cli"]
+from commands import RE2TAL, ROOT, run  # benchmarks/commands.py: the script's folder is on sys.path
+
 SCHEDULES = ("re2", "dr2", "none")
-
-
-def run(cmd: list, threads: int) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{proc.stderr[-2000:]}")
-    return proc.stdout
 
 
 def common_sets(args) -> list[str]:

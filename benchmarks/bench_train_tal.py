@@ -27,23 +27,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RE2TAL = [sys.executable, "-m", "re2tal_cli"]
+from commands import RE2TAL, ROOT, run  # benchmarks/commands.py: the script's folder is on sys.path
+
 ARMS = ("features", "frozen", "end_to_end reversible", "end_to_end plain")
 RECIPES = {"actionformer": "synthetic", "vsgn": "synthetic-vsgn", "gtad": "synthetic-gtad"}  # each localizer's
-
-
-def run(cmd: list[str], threads: int) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{proc.stderr[-2000:]}")
-    return proc.stdout
 
 
 def rewired(work: Path, arch: str, threads: int) -> Path:
