@@ -13,7 +13,7 @@ from re2tal_cli.errors import BadInputError
 from re2tal_cli.localizers.blocks import GLOBAL_ATTENTION
 from re2tal_cli.localizers.postprocess import PostprocessConfig
 
-__all__ = ["ActionFormerConfig"]
+__all__ = ["ActionFormerConfig", "check_float", "check_int"]
 
 THUMOS_REGRESSION_RANGES = ((0.0, 4.0), (4.0, 8.0), (8.0, 16.0), (16.0, 32.0), (32.0, 64.0), (64.0, math.inf))
 
@@ -71,11 +71,11 @@ class ActionFormerConfig:
             object.__setattr__(self, "postprocess", PostprocessConfig(**self.postprocess))
 
         for name in ("embed_dim", "num_embed_convs", "num_heads", "mlp_ratio", "head_dim", "head_num_layers"):
-            _check_int(self, name, minimum=1)
+            check_int(self, name, minimum=1)
         for name in ("num_stem_blocks", "num_branch_blocks"):
-            _check_int(self, name, minimum=0)
+            check_int(self, name, minimum=0)
         for name in ("embed_kernel_size", "head_kernel_size"):
-            _check_int(self, name, minimum=1)
+            check_int(self, name, minimum=1)
             if getattr(self, name) % 2 == 0:
                 raise BadInputError(f"{name} must be odd, got {getattr(self, name)}")
         if self.embed_dim % self.num_heads:
@@ -98,17 +98,17 @@ class ActionFormerConfig:
                 raise BadInputError(f"each regression range must be (low, high) with 0 ≤ low < high, got {low_high}")
 
         for name in ("dropout", "attn_dropout", "path_drop", "label_smoothing"):
-            _check_float(self, name, 0.0, 1.0, high_open=True)
+            check_float(self, name, 0.0, 1.0, high_open=True)
         for name in ("cls_prior_prob", "loss_normalizer_momentum"):
-            _check_float(self, name, 0.0, 1.0, low_open=name == "cls_prior_prob", high_open=True)
-        _check_float(self, "focal_alpha", 0.0, 1.0)
-        _check_float(self, "focal_gamma", 0.0, math.inf, high_open=True)
-        _check_float(self, "layer_scale_init", 0.0, math.inf, high_open=True)
-        _check_float(self, "reg_loss_weight", 0.0, math.inf, low_open=True, high_open=True)
-        _check_float(self, "init_loss_normalizer", 0.0, math.inf, low_open=True, high_open=True)
+            check_float(self, name, 0.0, 1.0, low_open=name == "cls_prior_prob", high_open=True)
+        check_float(self, "focal_alpha", 0.0, 1.0)
+        check_float(self, "focal_gamma", 0.0, math.inf, high_open=True)
+        check_float(self, "layer_scale_init", 0.0, math.inf, high_open=True)
+        check_float(self, "reg_loss_weight", 0.0, math.inf, low_open=True, high_open=True)
+        check_float(self, "init_loss_normalizer", 0.0, math.inf, low_open=True, high_open=True)
         if self.center_sample_radius is not None:
-            _check_float(self, "center_sample_radius", 0.0, math.inf, low_open=True, high_open=True)
-        _check_int(self, "max_seq_len", minimum=1)
+            check_float(self, "center_sample_radius", 0.0, math.inf, low_open=True, high_open=True)
+        check_int(self, "max_seq_len", minimum=1)
         if self.max_seq_len % self.downsample_factor:
             raise BadInputError(
                 f"max_seq_len {self.max_seq_len} must be divisible by downsample_factor {self.downsample_factor} "
@@ -151,15 +151,14 @@ def _as_sequence(value, name: str):
     return value
 
 
-def _check_int(config: ActionFormerConfig, name: str, minimum: int) -> None:
+def check_int(config, name: str, minimum: int) -> None:
+    """A localizer config's field `name` is an integer ≥ `minimum` (BadInputError naming it otherwise)."""
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise BadInputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 
 
-def _check_float(
-    config: ActionFormerConfig, name: str, low: float, high: float, low_open: bool = False, high_open: bool = False
-) -> None:
+def check_float(config, name: str, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
     value = getattr(config, name)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
     ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)

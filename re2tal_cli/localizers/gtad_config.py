@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from re2tal_cli.errors import BadInputError
-from re2tal_cli.localizers.config import _check_float, _check_int
+from re2tal_cli.localizers.config import check_float, check_int
 from re2tal_cli.localizers.postprocess import NmsMethod, PostprocessConfig
 
 __all__ = ["GTADConfig", "ScoreFusion"]
@@ -66,15 +66,15 @@ class GTADConfig:
             raise BadInputError(f"score_fusion must be one of {choices}, got {self.score_fusion!r}") from None
         for name in ("hidden_dim", "input_groups", "k", "block_width", "block_groups", "inner_samples",
                      "context_samples", "map_dim", "map_hidden_dim", "max_seq_len"):  # fmt: skip
-            _check_int(self, name, minimum=1)
+            check_int(self, name, minimum=1)
         if self.max_duration is not None:
-            _check_int(self, "max_duration", minimum=1)
+            check_int(self, "max_duration", minimum=1)
         if self.block_width % self.block_groups:
             raise BadInputError(f"block_width {self.block_width} must be divisible by block_groups {self.block_groups}")
-        _check_float(self, "anchor_extension", 0.0, math.inf, high_open=True)
-        _check_float(self, "boundary_radius", 0.0, math.inf, low_open=True, high_open=True)
-        _check_float(self, "class_iou_threshold", 0.0, 1.0, low_open=True)
-        _check_float(self, "reg_loss_weight", 0.0, math.inf, high_open=True)
+        check_float(self, "anchor_extension", 0.0, math.inf, high_open=True)
+        check_float(self, "boundary_radius", 0.0, math.inf, low_open=True, high_open=True)
+        check_float(self, "class_iou_threshold", 0.0, 1.0, low_open=True)
+        check_float(self, "reg_loss_weight", 0.0, math.inf, high_open=True)
         if not isinstance(self.postprocess, PostprocessConfig):
             raise BadInputError(f"postprocess must be a PostprocessConfig, got {type(self.postprocess).__name__}")
 

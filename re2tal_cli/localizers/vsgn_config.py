@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from re2tal_cli.errors import BadInputError
-from re2tal_cli.localizers.config import _check_float, _check_int
+from re2tal_cli.localizers.config import check_float, check_int
 from re2tal_cli.localizers.postprocess import PostprocessConfig
 
 __all__ = ["CLS_LOSSES", "VSGNConfig"]
@@ -60,9 +60,9 @@ class VSGNConfig:
         if isinstance(self.postprocess, dict):
             object.__setattr__(self, "postprocess", PostprocessConfig(**self.postprocess))
         for name in ("embed_dim", "stem_stride", "num_levels", "num_neighbours", "head_groups", "max_seq_len"):
-            _check_int(self, name, minimum=1)
+            check_int(self, name, minimum=1)
         for name in ("head_num_layers", "stitch_gap"):
-            _check_int(self, name, minimum=0)
+            check_int(self, name, minimum=0)
         for name in ("use_graph", "self_stitching"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -78,12 +78,12 @@ class VSGNConfig:
         if self.cls_loss not in CLS_LOSSES:
             raise BadInputError(f"cls_loss must be one of {', '.join(CLS_LOSSES)}, got {self.cls_loss!r}")
         for name in ("iou_threshold", "refine_iou_threshold", "stitch_ratio"):
-            _check_float(self, name, 0.0, 1.0, low_open=True, high_open=True)
+            check_float(self, name, 0.0, 1.0, low_open=True, high_open=True)
         for name in ("boundary_pos_threshold", "loss_normalizer_momentum", "focal_alpha"):
-            _check_float(self, name, 0.0, 1.0, high_open=name != "focal_alpha")
-        _check_float(self, "focal_gamma", 0.0, math.inf, high_open=True)
+            check_float(self, name, 0.0, 1.0, high_open=name != "focal_alpha")
+        check_float(self, "focal_gamma", 0.0, math.inf, high_open=True)
         for name in ("boundary_ratio", "boundary_width", "init_loss_normalizer"):
-            _check_float(self, name, 0.0, math.inf, low_open=True, high_open=True)
+            check_float(self, name, 0.0, math.inf, low_open=True, high_open=True)
         if self.max_seq_len % self.pad_multiple:
             raise BadInputError(
                 f"max_seq_len {self.max_seq_len} must be divisible by {self.pad_multiple} (stem_stride · "
