@@ -27,3 +27,4 @@ def pieces_at_any_size(monkeypatch):
     from re2tal_cli.reversible import pieces
 
     monkeypatch.setattr(pieces, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(pieces, "MIN_HALO_SPLIT_BYTES", 0)

@@ -28,7 +28,11 @@ from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_
 
 PIECES = 4  # pieces a recompute is split into
 MAX_HALO_COST = 1.25  # a split may compute at most this many times the frames of the whole (halos overlap)
-MIN_SPLIT_BYTES = 2**20  # smaller inputs are run whole: the memory a split saves is not worth its calls
+# Smaller inputs are run whole: the memory a split saves is not worth its calls — nor, where pieces overlap on halos,
+# the frames it computes twice (up to MAX_HALO_COST − 1 more work). Chosen on the CPU step time at 32×112² (a Swin
+# stage of two windows split costs 9 %) and memprofile at every arch's default input (docs/benchmarks.md).
+MIN_SPLIT_BYTES = 2**21
+MIN_HALO_SPLIT_BYTES = 2**22
 
 
 @dataclass(frozen=True)
@@ -113,10 +117,11 @@ def one_of_each_shape(pieces: list[Piece]) -> list[Piece]:
 piece_plan: Callable[[list[Piece]], list[Piece]] = every_piece
 
 
-def split_ok(modules: Iterable[nn.Module], inputs: Iterable[torch.Tensor]) -> bool:
+def split_ok(modules: Iterable[nn.Module], inputs: Iterable[torch.Tensor], locality: TimeLocality) -> bool:
     """Whether layers made of `modules` may be recomputed in pieces now (see the module docstring), and it is worth
-    it on these `inputs`: one of them at least MIN_SPLIT_BYTES."""
-    if all(x.numel() * x.element_size() < MIN_SPLIT_BYTES for x in inputs):
+    it on these `inputs`: one of them at least MIN_SPLIT_BYTES, or MIN_HALO_SPLIT_BYTES where pieces have halos."""
+    least = MIN_HALO_SPLIT_BYTES if locality.halo else MIN_SPLIT_BYTES
+    if all(x.numel() * x.element_size() < least for x in inputs):
         return False
     for module in modules:
         for m in module.modules():
@@ -177,7 +182,7 @@ def recomputed_in_pieces(
     `split_ok`), random draws and autocast replayed, BatchNorm statistics untouched, and returns the gradients of
     the inputs and of the modules' trainable parameters. The output can be made again the same way."""
     params = _parameters(modules)
-    locality = locality if split_ok(modules, inputs) else None
+    locality = locality if locality is not None and split_ok(modules, inputs, locality) else None
     return _Recomputed.apply(layer, locality, tuple(modules), len(inputs), *inputs, *params)
 
 

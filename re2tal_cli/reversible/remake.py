@@ -41,6 +41,11 @@ def kept(ctx) -> list[torch.Tensor]:
     return [next(saved) if remake is None else remake() for remake in ctx.remakes]
 
 
+def is_remade(ctx, index: int) -> bool:
+    """Whether the `index`-th tensor of `keep` is made again rather than saved."""
+    return ctx.remakes[index] is not None
+
+
 def kept_one(ctx, index: int) -> torch.Tensor:
     """The `index`-th tensor of `keep` alone (remade only if it was not saved)."""
     remake = ctx.remakes[index]

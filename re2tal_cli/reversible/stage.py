@@ -35,10 +35,16 @@ from torch import nn
 from torch.autograd.graph import get_gradient_edge
 
 from re2tal_cli.reversible import pieces as pieces_module
-from re2tal_cli.reversible.guard import DEFAULT_TOLERANCE, REDUCED_PRECISION_TOLERANCE, GuardStats
+from re2tal_cli.reversible.guard import (
+    DEFAULT_TOLERANCE,
+    REDUCED_PRECISION_TOLERANCE,
+    GuardStats,
+    max_abs,
+    sampled,
+)
 from re2tal_cli.reversible.pieces import TimeLocality, run_in_pieces, split_ok, time_pieces
 from re2tal_cli.reversible.recompute import checkpointed
-from re2tal_cli.reversible.remake import keep, kept_one, mark
+from re2tal_cli.reversible.remake import is_remade, keep, kept_one, mark
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
 
 
@@ -184,8 +190,10 @@ class _ReversibleStageFunction(torch.autograd.Function):
         # The stage input (the guard's reference, the fallback's start) is kept, or how to make it again if the
         # layer before can (remake.py). The last pair is dead once the first block is inverted, so it is held where
         # the backward can drop it early rather than in save_for_backward, which keeps it to the end of the backward
-        # (at the price of saved-tensor hooks not seeing it). The output is not kept: the pair makes it again.
+        # (at the price of saved-tensor hooks not seeing it). The output is not kept: the pair makes it again. When
+        # the input is made again, the guard compares on a sample of it (guard.py), taken now with max|a|.
         keep(ctx, [a])
+        ctx.input_sample = (sampled(a.detach()).clone(), max_abs(a)) if is_remade(ctx, 0) else None
         ctx.input_dtype = a.dtype
         ctx.last_pair = [x, y]
         return mark(out, partial(_remade_output, ctx))
@@ -309,7 +317,7 @@ def _block_backward(
             if alpha:
                 y_prev.sub_(x_prev, alpha=alpha)
             if check_input:
-                y_prev = _reconstruction_error(x_prev, y_prev, kept_one(ctx, 0), beta)
+                y_prev = _reconstruction_error(ctx, x_prev, y_prev)
         fx = get_gradient_edge(fx)  # F's output itself is not needed by its backward: freed before the gradient
         grad_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
         del fx, x_in  # this block's recompute graph is dead: free it before the next block's
@@ -341,7 +349,7 @@ def _block_backward(
             piece.narrow_input(grad_in, dim, 1).add_(g_piece)
         del g_piece, grad_params
     if check_input:
-        y_prev = _reconstruction_error(x_prev, y_prev, kept_one(ctx, 0), beta)
+        y_prev = _reconstruction_error(ctx, x_prev, y_prev)
     return y_prev, grad_in
 
 
@@ -397,7 +405,7 @@ def _in_pieces(f: nn.Module, locality: TimeLocality, rng: RngState | None, x: to
 def _locality(f: nn.Module, x: torch.Tensor) -> TimeLocality | None:
     """How F reaches along time, as its module declares (`time_locality`), if running it on `x` may be split now."""
     locality = getattr(f, "time_locality", None)
-    return locality if locality is not None and split_ok([f], [x]) else None
+    return locality if locality is not None and split_ok([f], [x], locality) else None
 
 
 def _narrow(t: torch.Tensor, dim: int, piece: slice) -> torch.Tensor:
@@ -411,8 +419,17 @@ def _recompute(ctx, i: int, f: nn.Module, x_prev: torch.Tensor) -> tuple[torch.T
         return x_in, f(x_in)
 
 
-def _reconstruction_error(x_0: torch.Tensor, y_0: torch.Tensor, a: torch.Tensor, beta: float) -> torch.Tensor:
-    scale = a.detach().abs().max().clamp_min(torch.finfo(a.dtype).tiny)
+def _reconstruction_error(ctx, x_0: torch.Tensor, y_0: torch.Tensor) -> torch.Tensor:
+    """max|(x₀, y₀) − (a, β·a)| / max|a|: over every element of the kept stage input, or over the forward's sample of
+    it when the input is made again rather than kept (guard.py)."""
+    beta = ctx.coupling.beta
+    sample, ctx.input_sample = ctx.input_sample, None  # its last use: ctx itself lives as long as the whole graph
+    if sample is None:
+        a = kept_one(ctx, 0)
+        scale = max_abs(a)
+    else:
+        (a, scale), x_0, y_0 = sample, sampled(x_0), sampled(y_0)
+    scale = scale.clamp_min(torch.finfo(a.dtype).tiny)
     return torch.maximum((x_0 - a).abs().max(), (y_0 - beta * a).abs().max()) / scale
 
 

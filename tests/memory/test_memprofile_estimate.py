@@ -15,6 +15,7 @@ from re2tal_cli.memory.measure import measure
 from re2tal_cli.memory.step import StepConfig
 from re2tal_cli.memory.tracker import OPTIMIZER_STATE, PARAMETERS, StorageTracker
 from re2tal_cli.models import get_arch, swin_attention
+from re2tal_cli.reversible import guard
 
 
 def _numel(arch: str) -> int:
@@ -191,8 +192,9 @@ def test_actionformer_head_is_counted_like_the_backbone_and_matches_a_measured_r
 @pytest.mark.parametrize("arch", ["r3d-tiny", "slowfast-tiny", "swin3d-tiny", "vit-tiny", "tsm-tiny"])
 def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
     """What a reversible step keeps for its backward: each residual stage's last pair (two stage-sized tensors) —
-    not the stage inputs or outputs (made again), not the layers outside the stages (recomputed) — plus what the
-    layers after the backbone keep of its output and the shape caches. Keeping the outside layers is far more."""
+    not the stage inputs or outputs (made again), not the layers outside the stages (recomputed) — plus the guard's
+    sample of each stage input, what the layers after the backbone keep of its output and the shape caches. Keeping
+    the outside layers is far more."""
     from re2tal_cli.models import get_arch
 
     spec = get_arch(arch).input
@@ -209,7 +211,8 @@ def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
     with torch.no_grad():
         model.temporal_features(torch.randn(1, 3, frames, spec.image_size, spec.image_size))
     pairs = 2 * sum(sizes)
-    assert pairs <= kept <= pairs + 2.5 * sizes[-1] + 16 * 2**10
+    samples = sum(sizes) / guard.MIN_SAMPLE_STRIDE  # (a stage's input is the size of its output)
+    assert pairs <= kept <= pairs + samples + 2.5 * sizes[-1] + 16 * 2**10
     assert kept_outside > 1.2 * kept
 
 

@@ -1,13 +1,15 @@
 """The reversible stage against ordinary autograd on the same rewired network."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from re2tal_cli.models.layers import DropPath
-from re2tal_cli.reversible import Coupling, Execution, ResidualStage
+from re2tal_cli.reversible import Coupling, Execution, ResidualStage, guard
 from re2tal_cli.reversible.check import gradient_error_level
-from re2tal_cli.reversible.pieces import Piece, TimeLocality, time_pieces
+from re2tal_cli.reversible.pieces import Piece, TimeLocality, recomputed_in_pieces, time_pieces
 from re2tal_cli.reversible.schedule import DualResidualSchedule
 
 
@@ -448,3 +450,78 @@ def test_check_reversibility_on_cuda_draws_the_same_dropout_in_both_passes():
     report = check_reversibility(net, video, Coupling(0.0, 1.0))
     assert report.gradient_error_level < 1e-4 and report.fallbacks == 0
     assert next(net.parameters()).device.type == "cpu"  # the caller's model is untouched
+
+
+class RecomputedBefore(nn.Module):
+    """A layer recomputed in the backward (as the layers outside a backbone's stages are) and then a stage: the
+    stage's input is made again rather than kept, so its guard compares on a sample of it. Counts the layer's calls."""
+
+    def __init__(self, depth, dim=8):
+        super().__init__()
+        self.embed = nn.Linear(dim, dim).double()
+        self.blocks = nn.ModuleList(MlpBlock(dim).double() for _ in range(depth))
+        self.stage = ResidualStage(list(self.blocks))
+        self.embed_calls = 0
+
+    def _embed(self, x):
+        self.embed_calls += 1
+        return self.embed(x)
+
+    def forward(self, x):
+        return self.stage(recomputed_in_pieces(self._embed, [x], [self.embed], TimeLocality.same(1)))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_a_remade_stage_input_is_guarded_on_a_sample_without_being_made_again(depth, monkeypatch):
+    monkeypatch.setattr(guard, "SAMPLED_ELEMENTS", 16)  # (stride 5 through the 80 elements: a true sample)
+    monkeypatch.setattr(guard, "MIN_SAMPLE_STRIDE", 1)
+    net = RecomputedBefore(depth)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    _, ref = grads_of(net, x, Coupling(0.0, 1.0), Execution.PLAIN)
+    net.embed_calls = 0
+    _, rev = grads_of(net, x, Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    assert gradient_error_level(rev, ref) < 1e-10
+    assert net.stage.guard.backward_passes == 1 and net.stage.guard.fallbacks == 0
+    assert 0 < net.stage.guard.max_error < 1e-12
+    assert net.embed_calls == 2  # its forward and its own recompute: the guard did not make the stage input again
+
+
+def test_a_sampled_guard_still_falls_back_to_exact_gradients():
+    net = RecomputedBefore(6)
+    with torch.no_grad():
+        for p in net.blocks.parameters():
+            p.mul_(8)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    coupling = Coupling(1.0, 1e-6)
+    _, ref = grads_of(net, x, coupling, Execution.PLAIN)
+    net.stage.guard.reset()
+    _, rev = grads_of(net, x, coupling, Execution.REVERSIBLE)
+    assert net.stage.guard.fallbacks == 1
+    assert gradient_error_level(rev, ref) < 1e-10
+
+
+def test_the_guard_sample_spreads_over_every_position_of_every_dimension(monkeypatch):
+    t = torch.arange(4 * 6 * 8 * 8).reshape(4, 6, 8, 8)
+    assert guard.sampled(t).numel() == math.ceil(t.numel() / guard.MIN_SAMPLE_STRIDE)  # a small tensor: every 63rd
+    monkeypatch.setattr(guard, "SAMPLED_ELEMENTS", 64)
+    monkeypatch.setattr(guard, "MIN_SAMPLE_STRIDE", 1)
+    taken = guard.sampled(t)  # stride 25: 62 elements
+    assert 32 <= taken.numel() <= 64
+    for dim in range(4):  # every index of every dimension is hit (an even stride would miss odd columns)
+        positions = torch.stack(torch.unravel_index(taken, t.shape))[dim]
+        assert positions.unique().numel() == t.shape[dim]
+
+
+def test_splits_with_halos_need_larger_inputs_than_splits_without():
+    """A split whose pieces overlap on halos computes frames twice: it is worth its cost only on larger inputs."""
+    from re2tal_cli.reversible import pieces
+
+    mlp, conv = nn.Linear(8, 8), nn.Conv3d(8, 8, (3, 1, 1), padding=(1, 0, 0))
+    halo_free, with_halo = TimeLocality.same(1), TimeLocality.same(2, halo=1)
+    for nbytes, splits in ((pieces.MIN_SPLIT_BYTES - 4, (False, False)),
+                           (pieces.MIN_SPLIT_BYTES, (True, False)),
+                           (pieces.MIN_HALO_SPLIT_BYTES, (True, True))):  # fmt: skip
+        x = torch.empty(nbytes // 4)
+        assert (pieces.split_ok([mlp], [x], halo_free), pieces.split_ok([conv], [x], with_halo)) == splits
+    assert pieces.MIN_SPLIT_BYTES < pieces.MIN_HALO_SPLIT_BYTES
+    assert not pieces.split_ok([nn.BatchNorm3d(8).train()], [torch.empty(pieces.MIN_HALO_SPLIT_BYTES)], with_halo)
