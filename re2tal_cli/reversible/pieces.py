@@ -26,7 +26,9 @@ from torch.autograd.graph import get_gradient_edge
 from re2tal_cli.reversible.remake import keep, kept, mark
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
 
-PIECES = 4  # pieces a recompute is split into
+PIECES = 4  # pieces a recompute is split into, at least ...
+PIECE_BYTES = 2**25  # ... and more where a piece's input would exceed this (its transient sets the step's peak) ...
+MAX_PIECES = 16  # ... up to this many
 MAX_HALO_COST = 1.25  # a split may compute at most this many times the frames of the whole (halos overlap)
 # Smaller inputs are run whole: the memory a split saves is not worth its calls — nor, where pieces overlap on halos,
 # the frames it computes twice (up to MAX_HALO_COST − 1 more work). Chosen on the CPU step time at 32×112² (a Swin
@@ -70,6 +72,13 @@ class Piece:
     def narrow_output(self, out: torch.Tensor, dim: int) -> torch.Tensor:
         """This piece's own frames of an output computed from `narrow_input`s."""
         return out.narrow(dim, self.start - self.lo, self.stop - self.start)
+
+
+def piece_count(inputs: Iterable[torch.Tensor]) -> int:
+    """How many pieces a recompute on `inputs` is split into: PIECES, or more on inputs so large that a quarter of the
+    largest would exceed PIECE_BYTES (at 1024 frames; on smaller inputs more pieces would only cost calls)."""
+    largest = max(x.numel() * x.element_size() for x in inputs)
+    return min(MAX_PIECES, max(PIECES, -(-largest // PIECE_BYTES)))
 
 
 def time_pieces(length: int, locality: TimeLocality, count: int = PIECES) -> list[Piece]:
@@ -143,7 +152,9 @@ def run_in_pieces(
     when `locality` is given: its transient is a piece's, not the whole layer's. Each piece draws what one whole
     call draws (the generator replayed from `rng`, captured before); with `advance`, the generator ends where one
     whole call leaves it (the last piece draws from it)."""
-    pieces = [None] if locality is None else time_pieces(_output_length(inputs, locality), locality)
+    pieces = (
+        [None] if locality is None else time_pieces(_output_length(inputs, locality), locality, piece_count(inputs))
+    )
     computed = pieces if len(pieces) == 1 else piece_plan(pieces)
     out = None
     for k, piece in enumerate(computed):
@@ -216,7 +227,11 @@ class _Recomputed(torch.autograd.Function):
         wanted = [ctx.needs_input_grad[4 + i] for i in range(len(inputs))]
         input_grads = [torch.zeros_like(x) if w else None for x, w in zip(inputs, wanted, strict=True)]
         param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
-        pieces = [None] if where is None else piece_plan(time_pieces(grad_out.shape[where.out_dim], where))
+        pieces = (
+            [None]
+            if where is None
+            else piece_plan(time_pieces(grad_out.shape[where.out_dim], where, piece_count(inputs)))
+        )
         for piece in pieces:
             parts = list(inputs) if piece is None else _narrowed(piece, inputs, where)
             parts = [part.detach().requires_grad_(w) for part, w in zip(parts, wanted, strict=True)]

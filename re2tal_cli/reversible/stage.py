@@ -42,7 +42,7 @@ from re2tal_cli.reversible.guard import (
     max_abs,
     sampled,
 )
-from re2tal_cli.reversible.pieces import TimeLocality, run_in_pieces, split_ok, time_pieces
+from re2tal_cli.reversible.pieces import TimeLocality, piece_count, run_in_pieces, split_ok, time_pieces
 from re2tal_cli.reversible.recompute import checkpointed
 from re2tal_cli.reversible.remake import is_remade, keep, kept_one, mark
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
@@ -308,7 +308,9 @@ def _block_backward(
     alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
     block_params = grads.of(f)
     locality = _locality(f, x_prev)
-    pieces = time_pieces(x_prev.shape[locality.out_dim], locality) if locality is not None else []
+    pieces = (
+        time_pieces(x_prev.shape[locality.out_dim], locality, piece_count([x_prev])) if locality is not None else []
+    )
     if len(pieces) < 2:
         x_in, fx = _recompute(ctx, i, f, x_prev)
         y_prev = None

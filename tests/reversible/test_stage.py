@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from re2tal_cli.models.layers import DropPath
-from re2tal_cli.reversible import Coupling, Execution, ResidualStage, guard
+from re2tal_cli.reversible import Coupling, Execution, ResidualStage, guard, pieces
 from re2tal_cli.reversible.check import gradient_error_level
 from re2tal_cli.reversible.pieces import Piece, TimeLocality, recomputed_in_pieces, time_pieces
 from re2tal_cli.reversible.schedule import DualResidualSchedule
@@ -402,10 +402,17 @@ class TemporalConvBlock(nn.Module):
 @pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("depth", [1, 2, 3])
 @pytest.mark.parametrize("coupling", [Coupling(0.0, 1.0), Coupling(0.5, 0.5)], ids=["re2tal", "half"])
-def test_blocks_that_mix_time_recompute_in_pieces_with_halos_exactly(depth, coupling):
+@pytest.mark.parametrize(
+    ("piece_bytes", "calls"),
+    [(None, [22, 24, 24, 22]), (640, [16, 18, 18, 18, 18, 12])],  # 640: 8 pieces asked, the halos allow 6
+    ids=["4 pieces", "more pieces"],
+)
+def test_blocks_that_mix_time_recompute_in_pieces_with_halos_exactly(depth, coupling, piece_bytes, calls, monkeypatch):
     """Pieces read `halo` frames beyond their own on each side and their input gradients are summed where the halos
     overlap: equal to autograd at odd and even depths with drop-path. With too small a halo they are not (the
     test can tell)."""
+    if piece_bytes is not None:
+        monkeypatch.setattr(pieces, "PIECE_BYTES", piece_bytes)
     x = torch.randn(2, 80, 4, dtype=torch.float64)
     for halo, equal in ((2, True), (1, False)):
         torch.manual_seed(0)
@@ -416,8 +423,17 @@ def test_blocks_that_mix_time_recompute_in_pieces_with_halos_exactly(depth, coup
         blocks[-1].calls.clear()
         _, rev = grads_of(net, x, coupling, Execution.REVERSIBLE, rng_state=state)
         assert (gradient_error_level(rev, ref) < 1e-10) is equal, halo
-        if halo == 2:  # forward and recompute: 4 pieces of 20 frames, each with up to 2 frames on either side
-            assert blocks[-1].calls == [22, 24, 24, 22] * 2
+        if halo == 2:  # forward and recompute: pieces of 20 (14) frames, each with up to 2 frames on either side
+            assert blocks[-1].calls == calls * 2
+
+
+def test_larger_inputs_are_split_into_more_pieces(monkeypatch):
+    x = torch.empty(2, 80, 4, dtype=torch.float64)  # 5120 bytes
+    assert pieces.piece_count([x]) == pieces.PIECES
+    monkeypatch.setattr(pieces, "PIECE_BYTES", 640)
+    assert pieces.piece_count([torch.empty(1), x]) == 8  # the largest input decides
+    monkeypatch.setattr(pieces, "PIECE_BYTES", 1)
+    assert pieces.piece_count([x]) == pieces.MAX_PIECES
 
 
 def test_time_pieces_cover_the_output_on_aligned_boundaries():
@@ -502,8 +518,6 @@ def test_the_guard_sample_spreads_over_every_position_of_every_dimension(monkeyp
 
 def test_splits_with_halos_need_larger_inputs_than_splits_without():
     """A split whose pieces overlap on halos computes frames twice: it is worth its cost only on larger inputs."""
-    from re2tal_cli.reversible import pieces
-
     mlp, conv = nn.Linear(8, 8), nn.Conv3d(8, 8, (3, 1, 1), padding=(1, 0, 0))
     halo_free, with_halo = TimeLocality.same(1), TimeLocality.same(2, halo=1)
     for nbytes, splits in ((pieces.MIN_SPLIT_BYTES - 4, (False, False)),
