@@ -93,8 +93,9 @@ def max_fitting(config: StepConfig, gpu: Gpu, what: str) -> tuple[int, Estimate 
     margin below the GPU's usable memory; (0, None) when not even the smallest fits.
 
     Memory is close to affine in clip frames B·T (activations grow with it, model states do not): two B=1 estimates
-    give each phase's line, the line gives the candidate, and an estimate at the candidate confirms it (stepping down
-    while it does not fit)."""
+    on short clips give each phase's line and the line a candidate. Long clips grow more slowly than the line (their
+    recomputes run in more pieces), so the candidate may be short of the largest as well as past it: estimates step
+    from it (~5 % at a time) up to a value that does not fit, or down to one that does, and bisect between the two."""
     if what not in ("frames", "batch"):
         raise BadInputError(f"`largest` must be frames or batch, got {what!r}")
     limit = gpu.usable_bytes * (1 - FRAGMENTATION)
@@ -114,10 +115,27 @@ def max_fitting(config: StepConfig, gpu: Gpu, what: str) -> tuple[int, Estimate 
         raise BadInputError("memory does not grow with the clip: no largest frame count or batch")
     unit = m if what == "frames" else 1
     per = config.batch if what == "frames" else config.frames
-    n = max(0, int(x_max // per) // unit * unit)
-    while n > 0:
-        e = estimate(replace(config, **{what: n}))
-        if e.total_peak <= limit:
-            return n, e
-        n -= unit * max(1, n // (20 * unit))  # step down ~5 % at a time
-    return 0, None
+    n = max(unit, int(x_max // per) // unit * unit)
+    step = unit * max(1, n // (20 * unit))
+
+    def fitting(value: int) -> Estimate | None:
+        e = estimate(replace(config, **{what: value}))
+        return e if e.total_peak <= limit else None
+
+    best = fitting(n)
+    if best is not None:
+        low, high = n, n + step
+        while (e := fitting(high)) is not None:
+            low, best, high = high, e, high + step
+    else:
+        low, high = n - step, n
+        while low >= unit and (best := fitting(low)) is None:
+            low, high = low - step, low
+        low = max(low, 0)  # (0: nothing known to fit yet)
+    while high - low > unit:
+        middle = low + (high - low) // (2 * unit) * unit
+        if (e := fitting(middle)) is not None:
+            low, best = middle, e
+        else:
+            high = middle
+    return (low, best) if best is not None else (0, None)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
 
 from re2tal_cli.cli.app import app
 from re2tal_cli.memory.gpus import GPUS, get_gpu, verdict
+from re2tal_cli.models import get_arch
 
 runner = CliRunner()
 
@@ -118,13 +120,35 @@ def test_max_frames_fits_and_the_next_step_does_not():
     from re2tal_cli.memory.sweep import max_fitting
 
     gpu = custom_gpu(0.05)
-    c = StepConfig("vit-tiny", 8, 64, 1, "plain", device="cpu")
-    n, e = max_fitting(c, gpu, "frames")
     limit = gpu.usable_bytes * (1 - FRAGMENTATION)
-    assert n > 0 and e.total_peak <= limit
-    from dataclasses import replace
+    for what, wiring in (("frames", "plain"), ("batch", "reversible")):
+        c = StepConfig("vit-tiny", 8, 64, 1, wiring, device="cpu")
+        n, e = max_fitting(c, gpu, what)
+        unit = get_arch("vit-tiny").create(num_classes=0).min_frames if what == "frames" else 1
+        assert n > 0 and n % unit == 0 and e.total_peak <= limit
+        assert estimate(replace(c, **{what: n + unit})).total_peak > limit
 
-    assert estimate(replace(c, frames=n + 8)).total_peak > limit * 0.97
+
+def test_max_batch_is_found_where_the_line_from_short_clips_falls_short(monkeypatch):
+    """Long clips can grow more slowly than the line through two short ones (more pieces): the search steps up."""
+    from re2tal_cli.memory import sweep
+    from re2tal_cli.memory.gpus import FRAGMENTATION, custom_gpu
+    from re2tal_cli.memory.step import StepConfig
+
+    gpu = custom_gpu(0.05)
+    limit = gpu.usable_bytes * (1 - FRAGMENTATION)
+    real = sweep.estimate_all
+
+    def steeper(configs):  # the two short-clip estimates, made to look twice as steep
+        first, second = real(configs)
+        for phase in second.phases:
+            second.phases[phase].total += second.phases[phase].total - first.phases[phase].total
+        return first, second
+
+    monkeypatch.setattr(sweep, "estimate_all", steeper)
+    c = StepConfig("vit-tiny", 8, 64, 1, "plain", device="cpu")
+    n, e = sweep.max_fitting(c, gpu, "batch")
+    assert e.total_peak <= limit < sweep.estimate(replace(c, batch=n + 1)).total_peak
 
 
 def test_long_requests_report_progress_and_json_stays_pure():
