@@ -218,12 +218,15 @@ def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
 
 @pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("arch", ["slowfast-tiny", "swin3d-tiny"])
-def test_recomputes_in_pieces_on_fake_tensors_have_the_full_loops_peaks(monkeypatch, arch):
+@pytest.mark.parametrize("piece_bytes", [None, 2**13], ids=["4 pieces", "up to 16"])
+def test_recomputes_in_pieces_on_fake_tensors_have_the_full_loops_peaks(monkeypatch, arch, piece_bytes):
     """The estimate computes only one piece of each shape of each recompute in pieces of time: the peaks of every
     phase are those of computing all of them."""
     from re2tal_cli.models import get_arch
     from re2tal_cli.reversible import pieces
 
+    if piece_bytes is not None:
+        monkeypatch.setattr(pieces, "PIECE_BYTES", piece_bytes)
     spec = get_arch(arch).input
     configs = [
         StepConfig(arch, 16 * spec.num_frames, spec.image_size, 1, wiring, device="cpu")
