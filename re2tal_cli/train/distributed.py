@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -106,6 +107,10 @@ def process_group(device: torch.device) -> Iterator[tuple[Process, torch.device]
     try:
         yield process, device
     finally:
+        # A DDP reducer freed after its group is destroyed drops the group's last reference, and gloo's destructor
+        # then joins a worker thread that may need the GIL the freeing thread holds: a hang. Free unreachable ones
+        # (reference cycles) while the group still holds its own reference.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -90,19 +90,26 @@ def reversible_inputs(step: int, rank: int) -> tuple[torch.Tensor, int]:
 
 
 def _reversible(rank: int, out) -> None:
-    from re2tal_cli.train.distributed import ParallelLosses, process_group
+    from re2tal_cli.train.distributed import process_group
 
     with process_group(torch.device("cpu")):
-        model = reversible_backbone()
-        losses = ParallelLosses(model, lambda clip, autocast: {"loss": model(clip).square().mean()})
-        grads = []
-        for step in range(2):  # DDP finds a parameter it waited for in vain at the start of the next step
-            clip, seed = reversible_inputs(step, rank)
-            torch.manual_seed(seed)
-            losses(clip, contextlib.nullcontext)["loss"].backward()
-            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-            model.zero_grad(set_to_none=True)
+        grads = _reversible_steps(rank)  # (the DDP wrapper is freed inside the group, as the training loop's is)
     torch.save(grads, Path(out) / f"grads-rank{rank}.pt")
+
+
+def _reversible_steps(rank: int) -> list[dict[str, torch.Tensor]]:
+    from re2tal_cli.train.distributed import ParallelLosses
+
+    model = reversible_backbone()
+    losses = ParallelLosses(model, lambda clip, autocast: {"loss": model(clip).square().mean()})
+    grads = []
+    for step in range(2):  # DDP finds a parameter it waited for in vain at the start of the next step
+        clip, seed = reversible_inputs(step, rank)
+        torch.manual_seed(seed)
+        losses(clip, contextlib.nullcontext)["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        model.zero_grad(set_to_none=True)
+    return grads
 
 
 JOBS = {"finetune": _finetune, "extract": _extract, "reversible": _reversible}
