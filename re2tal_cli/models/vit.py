@@ -21,7 +21,7 @@ from re2tal_cli.models.base import InputSpec, VideoBackbone
 from re2tal_cli.models.layers import DropPath, drop_path_rates
 from re2tal_cli.models.layouts import Rule, rename_keys
 from re2tal_cli.models.registry import Arch, ConvertedCheckpoint, list_archs, register_config_reader, register_family
-from re2tal_cli.reversible.pieces import TimeLocality
+from re2tal_cli.reversible.pieces import TimeLocality, piece_count, worth_splitting
 from re2tal_cli.reversible.stage import ResidualStage
 
 __all__ = ["ViTConfig", "VideoViT"]
@@ -42,6 +42,10 @@ class ViTConfig:
     drop_path: float = 0.0  # stochastic depth at the last layer (linear from 0)
     dropout: float = 0.0  # dropout on each branch output
     attn_dropout: float = 0.0  # dropout on attention probabilities
+
+
+def _slice(parameter: nn.Parameter, index) -> torch.Tensor:
+    return parameter[index]
 
 
 class AttentionBlock(nn.Module):
@@ -67,6 +71,40 @@ class AttentionBlock(nn.Module):
         h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
         h = h.transpose(1, 2).reshape(b, n, d)
         return self.drop_path(self.dropout(self.proj(h)))
+
+    def summands(self, x: torch.Tensor) -> int:
+        """How many terms a reversible backward recomputes F(x) in, one at a time (`summand`): F is a sum over
+        groups of heads (each group's attention through its columns of the projection), and a group's recompute
+        holds its share of q, k, v, the attention output and their gradients — at 1024 frames, where the whole
+        attention's recompute sets the step's peak, a few token tensors less. As many groups as a time split would
+        have pieces (`piece_count`), a divisor of the heads; 1 (whole) on inputs a time split would not split, or
+        where attention dropout draws a mask per head (a group would draw other masks than the whole)."""
+        if self.training and self.attn_dropout > 0 or not worth_splitting([x]):
+            return 1
+        groups = min(self.heads, piece_count([x]))
+        while self.heads % groups:
+            groups -= 1
+        return groups
+
+    def summand(self, x: torch.Tensor, index: int, count: int, take=_slice) -> torch.Tensor:
+        """Term `index` of `count` of F(x) (see `summands`): heads [index·H/count, (index+1)·H/count), the
+        projection's bias in the first. Dropout and drop-path are linear in their input: replayed with the same
+        draws, each term's masks are the whole's. Parameters are sliced through `take(parameter, index)` (the
+        reversible backward takes the slices' gradients)."""
+        b, tokens, d = x.shape
+        heads, head_dim = self.heads // count, d // self.heads
+        cols = slice(index * heads * head_dim, (index + 1) * heads * head_dim)
+        projections = (self.q, self.k, self.v)
+        # q, k and v through one matrix product: its backward makes one gradient of the normed input, not three
+        weight = torch.cat([take(p.weight, cols) for p in projections])
+        biases = [None if p.bias is None else take(p.bias, cols) for p in projections]
+        width = heads * head_dim
+        bias = None if all(t is None for t in biases) else torch.cat([weight.new_zeros(width) if t is None else t
+                                                                        for t in biases])  # fmt: skip
+        qkv = F.linear(self.norm(x), weight, bias).view(b, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(*qkv.unbind(0)).transpose(1, 2).reshape(b, tokens, heads * head_dim)
+        out = F.linear(h, take(self.proj.weight, (slice(None), cols)), self.proj.bias if index == 0 else None)
+        return self.drop_path(self.dropout(out))
 
 
 class MlpBlock(nn.Module):

@@ -129,8 +129,7 @@ piece_plan: Callable[[list[Piece]], list[Piece]] = every_piece
 def split_ok(modules: Iterable[nn.Module], inputs: Iterable[torch.Tensor], locality: TimeLocality) -> bool:
     """Whether layers made of `modules` may be recomputed in pieces now (see the module docstring), and it is worth
     it on these `inputs`: one of them at least MIN_SPLIT_BYTES, or MIN_HALO_SPLIT_BYTES where pieces have halos."""
-    least = MIN_HALO_SPLIT_BYTES if locality.halo else MIN_SPLIT_BYTES
-    if all(x.numel() * x.element_size() < least for x in inputs):
+    if not worth_splitting(inputs, halos=bool(locality.halo)):
         return False
     for module in modules:
         for m in module.modules():
@@ -139,6 +138,13 @@ def split_ok(modules: Iterable[nn.Module], inputs: Iterable[torch.Tensor], local
             if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
                 return False
     return True
+
+
+def worth_splitting(inputs: Iterable[torch.Tensor], halos: bool = False) -> bool:
+    """Whether a recompute on `inputs` is worth splitting: one of them at least MIN_SPLIT_BYTES, or
+    MIN_HALO_SPLIT_BYTES where the parts overlap on halos."""
+    least = MIN_HALO_SPLIT_BYTES if halos else MIN_SPLIT_BYTES
+    return any(x.numel() * x.element_size() >= least for x in inputs)
 
 
 def run_in_pieces(

@@ -1,9 +1,8 @@
 """Tensors a training step makes again instead of keeping.
 
-Between two reversible stages a step would hold the first stage's output (the next layer's input) and the next
-stage's input (the guard's reference), though both can be made again from what the step keeps anyway: a stage's
-output is (xₙ + yₙ)/(1+β) of the last pair it holds for its own backward — the same operation, so the same bits — and
-a recomputed layer's output is that layer run again on its inputs. Every backward runs before the backward of the
+A layer recomputed in the backward (recompute.py) keeps only its inputs; its output — the next layer's input, which
+that layer would keep for its own backward — can be made again by running the layer on them, and a reversible stage
+whose input comes from such a layer need not keep that input either. Every backward runs before the backward of the
 layer that made its inputs, so those are still there when needed.
 
 A Function that makes such an output attaches its `remake` to the tensor (`mark`); a Function that would save an

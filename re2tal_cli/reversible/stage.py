@@ -12,9 +12,10 @@ dual residual of Dr²Net (coefficients α, β), per block i and stage input a::
 
 α=1, β=0 is the original network exactly (yᵢ = 0, xᵢ = xᵢ₋₁ + Fᵢ(xᵢ₋₁)); α=0, β=1 is Re²TAL's rewiring. Any β ≠ 0
 is invertible, so training need not store the activations inside the stage: `_ReversibleStageFunction` keeps the
-stage input and the last (x, y) pair, and its backward walks the blocks in reverse, rebuilding each block's input
-from its output and recomputing Fᵢ with grad. Parameter gradients are *returned* from the Function (weights are
-explicit inputs), so `torch.autograd.grad` and DDP see them like any other gradient.
+stage input and yₙ of the last pair (xₙ is made again from the output, which the next layer holds anyway), and its
+backward walks the blocks in reverse, rebuilding each block's input from its output and recomputing Fᵢ with grad.
+Parameter gradients are *returned* from the Function (weights are explicit inputs), so `torch.autograd.grad` and DDP
+see them like any other gradient.
 
 The reconstructed stage input is compared with the kept one; when they differ by more than the tolerance (small β
 divides, reduced precision accumulates) the stage redoes that step's backward from the kept input, exactly, and
@@ -26,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -44,7 +45,7 @@ from re2tal_cli.reversible.guard import (
 )
 from re2tal_cli.reversible.pieces import TimeLocality, piece_count, run_in_pieces, split_ok, time_pieces
 from re2tal_cli.reversible.recompute import checkpointed
-from re2tal_cli.reversible.remake import is_remade, keep, kept_one, mark
+from re2tal_cli.reversible.remake import is_remade, keep, kept_one
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
 
 
@@ -188,15 +189,19 @@ class _ReversibleStageFunction(torch.autograd.Function):
             x, y = _dual_step(_forward_of(f, rng, x), x, y, alpha, beta)
         out = _output(x, y, beta)
         # The stage input (the guard's reference, the fallback's start) is kept, or how to make it again if the
-        # layer before can (remake.py). The last pair is dead once the first block is inverted, so it is held where
-        # the backward can drop it early rather than in save_for_backward, which keeps it to the end of the backward
-        # (at the price of saved-tensor hooks not seeing it). The output is not kept: the pair makes it again. When
-        # the input is made again, the guard compares on a sample of it (guard.py), taken now with max|a|.
+        # layer before can (remake.py); when it is made again, the guard compares on a sample of it (guard.py), taken
+        # now with max|a|. Of the last pair only yₙ is kept: xₙ = (1+β)·out − yₙ, and the output is held anyway by
+        # the next layer, which needs it for its own backward. Both are dead once the first block is inverted, so
+        # they are held where the backward can drop them early rather than in save_for_backward, which keeps them to
+        # the end of the backward (at the price of saved-tensor hooks not seeing them); the output through a detached
+        # alias (no reference cycle through its grad_fn), whose version counter is the output's: an in-place change
+        # of the output after the forward is caught, as autograd would catch it.
         keep(ctx, [a])
         ctx.input_sample = (sampled(a.detach()).clone(), max_abs(a)) if is_remade(ctx, 0) else None
         ctx.input_dtype = a.dtype
-        ctx.last_pair = [x, y]
-        return mark(out, partial(_remade_output, ctx))
+        ctx.last_pair = [out.detach(), y]
+        ctx.output_version = out._version
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -205,6 +210,7 @@ class _ReversibleStageFunction(torch.autograd.Function):
         tolerance = stage.default_tolerance(ctx.input_dtype, ctx.autocast)
         pair, ctx.last_pair = ctx.last_pair, None
         if pair is not None:  # (None: a second backward through a retained graph; the first one freed the pair)
+            pair = _last_pair(ctx, pair)
             grads, error = _reversible_walk(ctx, pair, grad_out)
             if stage.guard.accept(error, tolerance):
                 return (None, *grads)
@@ -213,17 +219,21 @@ class _ReversibleStageFunction(torch.autograd.Function):
 
 
 def _output(x: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """out = (xₙ + yₙ)/(1+β): the forward's and the remake's, one definition (the same bits)."""
     return torch.add(x, y).div_(1 + beta)
 
 
-def _remade_output(ctx) -> torch.Tensor:
-    """The stage's output again, for the next layer's backward: from the last pair, or — once this stage's backward
-    has freed it (a second backward through a retained graph) — by running the stage again from its input."""
-    beta = ctx.coupling.beta
-    if ctx.last_pair is not None:
-        return _output(*ctx.last_pair, beta)
-    return _output(*_replayed_forward(ctx, kept_one(ctx, 0))[1], beta)
+def _last_pair(ctx, kept: list) -> list:
+    """[xₙ, yₙ] from the kept [out, yₙ] (emptied: the output's alias is dropped as soon as xₙ is made). At β=1,
+    2·out is the forward's xₙ + yₙ exactly; xₙ carries that sum's rounding, one more step of the inverse's."""
+    out, y = kept
+    kept.clear()
+    if out._version != ctx.output_version:
+        raise RuntimeError(
+            "the output of a reversible stage was modified in place after its forward; its backward rebuilds the "
+            "stage from that output: modify a copy instead"
+        )
+    x = out.mul(1 + ctx.coupling.beta).sub_(y)
+    return [x, y]
 
 
 # The backward, step by step. Per block i, from xᵢ = Fᵢ(xᵢ₋₁) + yᵢ₋₁ + α·xᵢ₋₁ and yᵢ = β·xᵢ₋₁:
@@ -302,17 +312,15 @@ def _block_backward(
     Fᵢ(xᵢ₋₁) − α·xᵢ₋₁ is returned first (else None), computed in xᵢ's storage; with `check_input` (block 0), y₀ is
     compared with β·a (and x₀ with a) as soon as it is known and the error is returned in its place.
 
-    An F local in time (its `time_locality`; see pieces.py) is done a piece of time at a time: the step's peak is
-    this transient, and a piece's is about 1/PIECES of it."""
+    An F local in time (its `time_locality`; see pieces.py) is done a piece of time at a time, and an F that is a
+    sum of terms (its `summands`: attention's head groups) a term at a time: the step's peak is this transient, and a
+    part's is a fraction of it."""
     f = ctx.stage.blocks[i]
     alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
     block_params = grads.of(f)
-    locality = _locality(f, x_prev)
-    pieces = (
-        time_pieces(x_prev.shape[locality.out_dim], locality, piece_count([x_prev])) if locality is not None else []
-    )
-    if len(pieces) < 2:
-        x_in, fx = _recompute(ctx, i, f, x_prev)
+    parts = _parts(f, x_prev)
+    if len(parts) < 2:
+        x_in, fx = _recompute(ctx, i, f, f, x_prev)
         y_prev = None
         if x_next is not None:
             y_prev = x_next.pop().sub_(fx.detach())  # xᵢ becomes yᵢ₋₁, before the gradient's transient
@@ -330,29 +338,77 @@ def _block_backward(
             grad_in.add_(gx, alpha=alpha)
         return y_prev, grad_in.add_(gy, alpha=beta) if beta else grad_in
 
-    dim = locality.out_dim
-    y_prev = x_next.pop() if x_next is not None else None  # xᵢ, becoming yᵢ₋₁ a piece at a time
-    grad_in = _scaled_gradients(gx, gy, alpha, beta, gy_owned)  # the pieces' Jᵀ_F·gxᵢ are added (overlapping halos)
-    for piece in pieces_module.piece_plan(pieces):
-        x_in, fx = _recompute(ctx, i, f, piece.narrow_input(x_prev, dim, 1))
+    y_prev = x_next.pop() if x_next is not None else None  # xᵢ, becoming yᵢ₋₁ a part at a time
+    grad_in = _scaled_gradients(gx, gy, alpha, beta, gy_owned)  # the parts' Jᵀ_F·gxᵢ are added (overlapping halos)
+    for part in parts:
+        sliced: list[tuple[nn.Parameter, object, torch.Tensor]] = []  # (parameter, index, the slice the term used)
+        term = partial(part.term, take=partial(_take, sliced, grads)) if part.slices_parameters else part.term
+        x_in, fx = _recompute(ctx, i, f, term, part.of_input(x_prev))
         with torch.enable_grad():  # (the backward runs without grad mode: a view taken there would have no graph)
-            fx = piece.narrow_output(fx, dim)
+            fx = part.of_term(fx)
         if y_prev is not None:
-            own = slice(piece.start, piece.stop)
-            y_piece = _narrow(y_prev, dim, own).sub_(fx.detach())
-            if alpha:
-                y_piece.sub_(_narrow(x_prev, dim, own), alpha=alpha)
-        g_out = gx.narrow(dim, piece.start, piece.stop - piece.start)
+            part.of_output(y_prev).sub_(fx.detach())
         fx = get_gradient_edge(fx)  # (as above: the output freed before the gradient)
-        g_piece, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], g_out, allow_unused=True)
+        whole = [p for p in block_params if all(p is not q for q, _, _ in sliced)]
+        targets = [x_in, *whole, *(view for _, _, view in sliced)]
+        g_part, *grad_params = torch.autograd.grad(fx, targets, part.of_output(gx), allow_unused=True)
         del fx, x_in
-        grads.add(block_params, grad_params, gx, gy)
-        if g_piece is not None:
-            piece.narrow_input(grad_in, dim, 1).add_(g_piece)
-        del g_piece, grad_params
+        grads.add(whole, grad_params[: len(whole)], gx, gy)
+        grads.add_slices([(p, index) for p, index, _ in sliced], grad_params[len(whole) :])
+        del sliced
+        if g_part is not None:
+            part.of_input(grad_in).add_(g_part)
+        del g_part, grad_params
+    if y_prev is not None and alpha:
+        y_prev.sub_(x_prev, alpha=alpha)
     if check_input:
         y_prev = _reconstruction_error(ctx, x_prev, y_prev)
     return y_prev, grad_in
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One part of a block's recompute: `term` on the part's view of the block input is the part's share of F —
+    a time piece's frames (with halos), or one of F's summands (on the whole input)."""
+
+    term: Callable[..., torch.Tensor]
+    of_input: Callable[[torch.Tensor], torch.Tensor]  # the part's view of an input-shaped tensor (xᵢ₋₁, its gradient)
+    of_term: Callable[[torch.Tensor], torch.Tensor]  # the part's own frames of the term's output
+    of_output: Callable[[torch.Tensor], torch.Tensor]  # the part's view of an output-shaped tensor (xᵢ, gxᵢ)
+    # The term takes slices of parameters through `take(parameter, index)`: their gradients are taken for the
+    # slices, not through the slicing (which would make a zero-filled gradient of the whole parameter per part).
+    slices_parameters: bool = False
+
+
+def _parts(f: nn.Module, x: torch.Tensor) -> list[_Part]:
+    """The parts F's recompute on `x` is done in: its summands (`f.summands(x)` of them, `f.summand(x, index,
+    count)` computing one), else its time pieces; [] when it is done whole."""
+    count = f.summands(x) if hasattr(f, "summands") else 1
+    if count > 1:
+        summand = [partial(f.summand, index=k, count=count) for k in range(count)]
+        return [_Part(term, _whole, _whole, _whole, slices_parameters=True) for term in summand]
+    locality = _locality(f, x)
+    if locality is None:
+        return []
+    dim = locality.out_dim
+    pieces = pieces_module.piece_plan(time_pieces(x.shape[dim], locality, piece_count([x])))
+    return [
+        _Part(f, partial(p.narrow_input, dim=dim, scale=1), partial(p.narrow_output, dim=dim),
+              partial(_narrow, dim=dim, piece=slice(p.start, p.stop)))
+        for p in pieces
+    ] if len(pieces) > 1 else []  # fmt: skip
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _take(sliced: list, grads: _ParameterGradients, parameter: nn.Parameter, index) -> torch.Tensor:
+    """parameter[index], recorded in `sliced` with the slice when the stage differentiates the parameter."""
+    view = parameter[index]
+    if grads.differentiates(parameter):
+        sliced.append((parameter, index, view))
+    return view
 
 
 def _scaled_gradients(gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: float, gy_owned: bool) -> torch.Tensor:
@@ -383,7 +439,19 @@ class _ParameterGradients:
 
     def of(self, block: nn.Module) -> list[nn.Parameter]:
         """The block's parameters that the Function differentiates (trainable ones)."""
-        return [p for p in block.parameters() if id(p) in self._position]
+        return [p for p in block.parameters() if self.differentiates(p)]
+
+    def differentiates(self, param: nn.Parameter) -> bool:
+        return id(param) in self._position
+
+    def add_slices(self, slices: list[tuple[nn.Parameter, object]], grads: list) -> None:
+        """The gradients of slices param[index] of parameters, added into the parameters' gradients."""
+        for (p, index), grad in zip(slices, grads, strict=True):
+            if grad is not None:
+                k = self._position[id(p)]
+                if self.values[k] is None:
+                    self.values[k] = torch.zeros_like(p)
+                self.values[k][index].add_(grad)
 
     def add(self, params: list, grads: list, *incoming: torch.Tensor) -> None:
         for p, grad in zip(params, grads, strict=True):
@@ -414,11 +482,12 @@ def _narrow(t: torch.Tensor, dim: int, piece: slice) -> torch.Tensor:
     return t.narrow(dim, piece.start, piece.stop - piece.start)
 
 
-def _recompute(ctx, i: int, f: nn.Module, x_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fᵢ(xᵢ₋₁) with a graph, replaying the forward's random draws and precision, BatchNorm statistics untouched."""
+def _recompute(ctx, i: int, f: nn.Module, term, x_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """term(xᵢ₋₁) — Fᵢ, or a part of it — with a graph, replaying the forward's random draws and precision, Fᵢ's
+    BatchNorm statistics untouched."""
     with torch.enable_grad(), _replayed(ctx.rng[i]), ctx.autocast(), running_stats_frozen(f):
         x_in = x_prev.detach().requires_grad_(True)
-        return x_in, f(x_in)
+        return x_in, term(x_in)
 
 
 def _reconstruction_error(ctx, x_0: torch.Tensor, y_0: torch.Tensor) -> torch.Tensor:

@@ -253,7 +253,7 @@ def test_saved_memory_does_not_grow_with_depth():
         return total
 
     stage_bytes = 4 * 32 * 8 * 8
-    # the stage input through save_for_backward; the last pair (two more) is held on ctx and freed early
+    # the stage input through save_for_backward; the output and yₙ (two more) are held on ctx and freed early
     assert saved_bytes(3, Execution.REVERSIBLE) == saved_bytes(12, Execution.REVERSIBLE) == stage_bytes
     assert saved_bytes(12, Execution.PLAIN) > 4 * saved_bytes(3, Execution.PLAIN) / 1.5
 
@@ -321,7 +321,8 @@ def test_gradients_that_alias_the_incoming_gradient_are_not_corrupted():
 
 
 def test_second_backward_through_a_retained_graph():
-    """The first backward frees the saved last pair; a second one (retain_graph=True) recomputes from the kept input."""
+    """The first backward frees the kept output and yₙ; a second one (retain_graph=True) recomputes from the kept
+    input."""
     net = mlp_net(3, drop_path=0.5).train()
     x = torch.randn(4, 5, 8, dtype=torch.float64)
     grads = {}
@@ -335,6 +336,23 @@ def test_second_backward_through_a_retained_graph():
         out.backward()
         grads[execution] = [p.grad.clone() for p in net.parameters()]
     assert gradient_error_level(grads[Execution.REVERSIBLE], grads[Execution.PLAIN]) < 1e-10
+
+
+def test_the_stage_rebuilds_its_last_pair_from_the_output_the_next_layer_holds():
+    """xₙ is made from the output: the stage holds no tensor beside the output and yₙ, and an output changed in place
+    after the forward (what the rebuilt xₙ would silently follow) is an error, as for a tensor autograd saves."""
+    net = mlp_net(3)
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    output_alias, y = out.grad_fn.last_pair
+    assert output_alias.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+    out.square().sum().backward()
+    assert out.grad_fn.last_pair is None  # freed in the backward
+    out = net(x)
+    out.mul_(2)
+    with pytest.raises(RuntimeError, match="output of a reversible stage was modified in place"):
+        out.sum().backward()
 
 
 def test_coefficients_changed_between_forward_and_backward_do_not_corrupt_gradients():
