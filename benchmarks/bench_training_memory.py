@@ -11,9 +11,11 @@ already allocated, so it includes the parameter gradients (which grow with depth
 gives the peak less them); "held for backward" is what the forward leaves allocated for the backward (the stored
 activations). Measured on CUDA with torch.cuda.max_memory_allocated / memory_allocated;
 on CPU with the process's peak / current resident set (VmHWM reset through /proc/self/clear_refs, VmRSS) with
-glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step time is the median of
---steps steps after a warm-up step, in another process with the normal allocator. Ratios are to the plain wiring
-of the same arch and depth.
+glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step time is measured in another
+process with the normal allocator, which holds the three wirings' models and alternates their steps (--steps rounds
+after a warm-up step each; the median per wiring): on a shared, noisy machine each wiring meets the same load, so
+their ratios are steadier than times taken one process after another. Ratios are to the plain wiring of the same
+arch and depth.
 """
 
 from __future__ import annotations
@@ -37,21 +39,21 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(spec: dict) -> dict:
+def _training_step(spec: dict, wiring: str):
+    """A model of spec's arch and depth in `wiring`, and its training step (forward, backward, AdamW step)."""
     import torch
 
     from re2tal_cli.models import create_model
     from re2tal_cli.reversible import Coupling, Execution
 
     torch.manual_seed(0)
-    device = torch.device(spec["device"])
     overrides = {"depth": spec["depth"]} if spec["depth"] else {}
-    model = create_model(spec["arch"], drop_path=0.1, **overrides).to(device).train()
+    model = create_model(spec["arch"], drop_path=0.1, **overrides).to(spec["device"]).train()
     coupling, execution = {
         "plain": (Coupling(1.0, 0.0), Execution.PLAIN),
         "checkpoint": (Coupling(1.0, 0.0), Execution.CHECKPOINT),
         "reversible": (Coupling(0.0, 1.0), Execution.REVERSIBLE),
-    }[spec["wiring"]]
+    }[wiring]
     model.set_wiring(coupling, execution)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
@@ -63,19 +65,30 @@ def worker(spec: dict) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    video = torch.randn(spec["batch"], 3, spec["frames"], spec["size"], spec["size"], device=device)
-    gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    if spec["measure"] == "time":
-        step(video)  # warm-up at full size
-        times = []
-        for _ in range(spec["steps"]):
-            start = time.perf_counter()
-            step(video)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return {"step_seconds": statistics.median(times)}
+    return model, step
 
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    device = torch.device(spec["device"])
+    video = torch.randn(spec["batch"], 3, spec["frames"], spec["size"], spec["size"], device=device)
+    if spec["measure"] == "time":
+        steps = {wiring: _training_step(spec, wiring)[1] for wiring in WIRINGS}
+        for step in steps.values():
+            step(video)  # warm-up at full size
+        times: dict[str, list[float]] = {wiring: [] for wiring in WIRINGS}
+        for _ in range(spec["steps"]):
+            for wiring, step in steps.items():
+                start = time.perf_counter()
+                step(video)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[wiring].append(time.perf_counter() - start)
+        return {wiring: statistics.median(t) for wiring, t in times.items()}
+
+    model, step = _training_step(spec, spec["wiring"])
+    gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     # Warm-up on a small frame size: creates the optimizer state and starts autograd's and the kernels' one-time
     # machinery, so the measured step holds only what the step itself needs.
     step(torch.randn(spec["batch"], 3, spec["frames"], 32, 32, device=device))
@@ -102,25 +115,33 @@ def worker(spec: dict) -> dict:
     }
 
 
-def run_isolated(spec: dict) -> dict:
-    """Memory and time, each in a fresh process. The memory run pins glibc's mmap threshold so that the resident set
-    follows live tensors; that makes every large allocation fault its pages in, so time is measured without it."""
-    row = dict(spec)
-    for measure in ("memory", "time"):
+def _run_worker(spec: dict, env: dict | None = None) -> dict:
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"worker failed for {spec}:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measured_rows(spec: dict) -> list[dict]:
+    """The three wirings' rows for one (arch, depth): memory each in a fresh process, which pins glibc's mmap
+    threshold so that the resident set follows live tensors (that makes every large allocation fault its pages in),
+    then time in one more process, wirings alternating, with the normal allocator."""
+    rows = []
+    for wiring in WIRINGS:
         env = dict(os.environ)
-        if measure == "memory" and spec["device"] == "cpu":
+        if spec["device"] == "cpu":
             env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-        result = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps({**spec, "measure": measure})],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise SystemExit(f"worker failed for {spec}:\n{result.stderr}")
-        row.update(json.loads(result.stdout.strip().splitlines()[-1]))
-    return row
+        rows.append({**spec, "wiring": wiring, **_run_worker({**spec, "wiring": wiring, "measure": "memory"}, env)})
+    seconds = _run_worker({**spec, "measure": "time"})
+    for row in rows:
+        row["step_seconds"] = seconds[row["wiring"]]
+    return rows
 
 
 def main() -> None:
@@ -133,7 +154,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, required=True)
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps after the measured one")
+    parser.add_argument("--steps", type=int, default=2, help="timed rounds of the three wirings' steps")
     parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     parser.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -141,11 +162,11 @@ def main() -> None:
     rows = []
     for arch in args.arch:
         for depth in args.depths or [0]:
-            for wiring in WIRINGS:
-                spec = dict(arch=arch, depth=depth, wiring=wiring, frames=args.frames, size=args.size)
-                spec.update(batch=args.batch, steps=args.steps, device=args.device)
-                rows.append(run_isolated(spec))
-                print(_format_row(rows[-1], rows), flush=True)
+            spec = dict(arch=arch, depth=depth, frames=args.frames, size=args.size)
+            spec.update(batch=args.batch, steps=args.steps, device=args.device)
+            rows += measured_rows(spec)
+            for row in rows[-len(WIRINGS) :]:
+                print(_format_row(row, rows), flush=True)
     _print_summary(rows)
     if args.json_out:
         with open(args.json_out, "w") as f:

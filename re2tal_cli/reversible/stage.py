@@ -340,25 +340,35 @@ def _block_backward(
 
     y_prev = x_next.pop() if x_next is not None else None  # xᵢ, becoming yᵢ₋₁ a part at a time
     grad_in = _scaled_gradients(gx, gy, alpha, beta, gy_owned)  # the parts' Jᵀ_F·gxᵢ are added (overlapping halos)
+    leaves = None if parts[0].slices_parameters else _Leaves(f, block_params)
     for part in parts:
         sliced: list[tuple[nn.Parameter, object, torch.Tensor]] = []  # (parameter, index, the slice the term used)
-        term = partial(part.term, take=partial(_take, sliced, grads)) if part.slices_parameters else part.term
+        if leaves is None:
+            term = partial(part.term, take=partial(_take, sliced, grads))
+        else:
+            term = partial(leaves.run, part.term)
         x_in, fx = _recompute(ctx, i, f, term, part.of_input(x_prev))
         with torch.enable_grad():  # (the backward runs without grad mode: a view taken there would have no graph)
             fx = part.of_term(fx)
         if y_prev is not None:
             part.of_output(y_prev).sub_(fx.detach())
         fx = get_gradient_edge(fx)  # (as above: the output freed before the gradient)
-        whole = [p for p in block_params if all(p is not q for q, _, _ in sliced)]
-        targets = [x_in, *whole, *(view for _, _, view in sliced)]
-        g_part, *grad_params = torch.autograd.grad(fx, targets, part.of_output(gx), allow_unused=True)
+        if leaves is None:
+            whole = [p for p in block_params if all(p is not q for q, _, _ in sliced)]
+            targets = [x_in, *whole, *(view for _, _, view in sliced)]
+            g_part, *grad_params = torch.autograd.grad(fx, targets, part.of_output(gx), allow_unused=True)
+            grads.add(whole, grad_params[: len(whole)], gx, gy)
+            grads.add_slices([(p, index) for p, index, _ in sliced], grad_params[len(whole) :])
+            del grad_params, sliced
+        else:
+            torch.autograd.backward(fx, part.of_output(gx), inputs=[x_in, *leaves.tensors])
+            g_part = x_in.grad
         del fx, x_in
-        grads.add(whole, grad_params[: len(whole)], gx, gy)
-        grads.add_slices([(p, index) for p, index, _ in sliced], grad_params[len(whole) :])
-        del sliced
         if g_part is not None:
             part.of_input(grad_in).add_(g_part)
-        del g_part, grad_params
+        del g_part
+    if leaves is not None:
+        grads.add(block_params, [leaf.grad for leaf in leaves.tensors], gx, gy)
     if y_prev is not None and alpha:
         y_prev.sub_(x_prev, alpha=alpha)
     if check_input:
@@ -366,12 +376,29 @@ def _block_backward(
     return y_prev, grad_in
 
 
+class _Leaves:
+    """Detached aliases of a block's trainable parameters (`tensors`, in the block's parameter order) that a recompute
+    in pieces runs the block with (`run`): a backward into them accumulates each piece's parameter gradients into
+    their `.grad` in place, one parameter's gradient at a time, where `torch.autograd.grad` would return a whole set
+    of them per piece beside the sum (at the end of a ViT-H backward, two MLP weights: 50 MiB)."""
+
+    def __init__(self, block: nn.Module, params: list[nn.Parameter]):
+        position = {id(p): k for k, p in enumerate(params)}
+        self.tensors = [p.detach().requires_grad_(True) for p in params]
+        self._by_name = {
+            name: self.tensors[position[id(p)]] for name, p in block.named_parameters() if id(p) in position
+        }
+
+    def run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(block, self._by_name, (x,))
+
+
 @dataclass(frozen=True)
 class _Part:
     """One part of a block's recompute: `term` on the part's view of the block input is the part's share of F —
     a time piece's frames (with halos), or one of F's summands (on the whole input)."""
 
-    term: Callable[..., torch.Tensor]
+    term: Callable[..., torch.Tensor]  # a piece's is the block itself, run with its parameters' leaves (`_Leaves`)
     of_input: Callable[[torch.Tensor], torch.Tensor]  # the part's view of an input-shaped tensor (xᵢ₋₁, its gradient)
     of_term: Callable[[torch.Tensor], torch.Tensor]  # the part's own frames of the term's output
     of_output: Callable[[torch.Tensor], torch.Tensor]  # the part's view of an output-shaped tensor (xᵢ, gxᵢ)
