@@ -58,3 +58,16 @@ def test_attention_dropout_or_a_small_input_recomputes_the_attention_whole(monke
     assert AttentionBlock(replace(config, attn_dropout=0.1), 0.0).train().summands(x) == 1
     monkeypatch.setattr(pieces, "MIN_SPLIT_BYTES", x.numel() * x.element_size() + 1)
     assert AttentionBlock(config, 0.0).train().summands(x) == 1
+
+
+def test_the_position_table_made_in_blocks_is_videomaes(monkeypatch):
+    """VideoMAE's table: float64 sinusoids rounded to float32, the same bits whatever the block of rows."""
+    from re2tal_cli.models import vit
+
+    model = get_arch("vit-tiny").create()
+    n, d = 37, model.cfg.dim
+    position = torch.arange(n, dtype=torch.float64)[:, None]
+    angle = position / torch.pow(10000.0, 2 * (torch.arange(d) // 2).to(torch.float64) / d)
+    expected = torch.where(torch.arange(d) % 2 == 0, torch.sin(angle), torch.cos(angle)).to(torch.float32)
+    monkeypatch.setattr(vit, "POSITION_ROWS", 8)  # 37 rows: four whole blocks and a short one
+    assert torch.equal(model._positions(n, torch.device("cpu"), torch.float32), expected)
