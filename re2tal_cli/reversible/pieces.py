@@ -193,14 +193,16 @@ def recomputed_in_pieces(
     inputs: Sequence[torch.Tensor],
     modules: Sequence[nn.Module],
     locality: TimeLocality | None,
+    remade: bool = True,
 ) -> torch.Tensor:
     """layer(*inputs), keeping only `inputs` — or how the layers before make them again (remake.py) — for the
     backward, which recomputes it (a piece of time at a time when `locality` is given and the modules allow it:
     `split_ok`), random draws and autocast replayed, BatchNorm statistics untouched, and returns the gradients of
-    the inputs and of the modules' trainable parameters. The output can be made again the same way."""
+    the inputs and of the modules' trainable parameters. With `remade`, the output can be made again the same way
+    (its consumers keep that instead of the output); without, they keep the output itself."""
     params = _parameters(modules)
     locality = locality if locality is not None and split_ok(modules, inputs, locality) else None
-    return _Recomputed.apply(layer, locality, tuple(modules), len(inputs), *inputs, *params)
+    return _Recomputed.apply(layer, locality, tuple(modules), remade, len(inputs), *inputs, *params)
 
 
 def _parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
@@ -214,7 +216,7 @@ def _parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
 
 class _Recomputed(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, layer, locality: TimeLocality | None, modules, n_inputs: int, *tensors):
+    def forward(ctx, layer, locality: TimeLocality | None, modules, remade: bool, n_inputs: int, *tensors):
         inputs = tensors[:n_inputs]
         device = inputs[0].device
         ctx.layer, ctx.locality, ctx.modules = layer, locality, modules
@@ -223,14 +225,14 @@ class _Recomputed(torch.autograd.Function):
         ctx.params = tensors[n_inputs:]
         out = run_in_pieces(layer, inputs, locality, ctx.rng, advance=True)
         keep(ctx, inputs)  # each input, or how the layer before makes it again
-        return mark(out, partial(_remade_output, ctx))
+        return mark(out, partial(_remade_output, ctx)) if remade else out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         inputs = kept(ctx)
         where: TimeLocality | None = ctx.locality
-        wanted = [ctx.needs_input_grad[4 + i] for i in range(len(inputs))]
+        wanted = [ctx.needs_input_grad[5 + i] for i in range(len(inputs))]
         input_grads = [torch.zeros_like(x) if w else None for x, w in zip(inputs, wanted, strict=True)]
         param_grads: list[torch.Tensor | None] = [None] * len(ctx.params)
         pieces = (
@@ -259,7 +261,7 @@ class _Recomputed(torch.autograd.Function):
             for k, g in enumerate(grads):
                 if g is not None:
                     param_grads[k] = g if param_grads[k] is None else param_grads[k].add_(g)
-        return (None, None, None, None, *input_grads, *param_grads)
+        return (None, None, None, None, None, *input_grads, *param_grads)
 
 
 def _replay(ctx) -> contextlib.ExitStack:

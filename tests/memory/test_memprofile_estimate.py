@@ -191,10 +191,10 @@ def test_actionformer_head_is_counted_like_the_backbone_and_matches_a_measured_r
 @pytest.mark.usefixtures("pieces_at_any_size")
 @pytest.mark.parametrize("arch", ["r3d-tiny", "slowfast-tiny", "swin3d-tiny", "vit-tiny", "tsm-tiny"])
 def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
-    """What a reversible step keeps for its backward: each residual stage's last pair (two stage-sized tensors) —
-    not the stage inputs or outputs (made again), not the layers outside the stages (recomputed) — plus the guard's
-    sample of each stage input, what the layers after the backbone keep of its output and the shape caches. Keeping
-    the outside layers is far more."""
+    """What a reversible step keeps for its backward: each residual stage's last pair (two stage-sized tensors: its
+    output and yₙ) — not the stage inputs (made again), not the layers outside the stages (recomputed) — plus
+    SlowFast's stem outputs (kept for the layers that read them), the guard's sample of each stage input, what the
+    layers after the backbone keep of its output and the shape caches. Keeping the outside layers is far more."""
     from re2tal_cli.models import get_arch
 
     spec = get_arch(arch).input
@@ -205,12 +205,14 @@ def test_a_reversible_step_holds_each_stages_last_pair_and_little_else(arch):
         for e in estimate_all([StepConfig(**setting), StepConfig(**setting, outside="keep")], workers=0)
     )
     model = get_arch(arch).create(num_classes=0)
-    sizes = []
+    sizes, stems = [], []
     for stage in model.residual_stages():
         stage.register_forward_hook(lambda module, args, out: sizes.append(out.numel() * out.element_size()))
+    for stem in [model.slow.stem, model.fast.stem] if arch.startswith("slowfast") else []:
+        stem.register_forward_hook(lambda module, args, out: stems.append(out.numel() * out.element_size()))
     with torch.no_grad():
         model.temporal_features(torch.randn(1, 3, frames, spec.image_size, spec.image_size))
-    pairs = 2 * sum(sizes)
+    pairs = 2 * sum(sizes) + sum(stems)
     samples = sum(sizes) / guard.MIN_SAMPLE_STRIDE  # (a stage's input is the size of its output)
     assert pairs <= kept <= pairs + samples + 2.5 * sizes[-1] + 16 * 2**10
     assert kept_outside > 1.2 * kept

@@ -163,3 +163,18 @@ def test_feature_shapes():
     real = get_arch("slowfast-r50")
     assert (real.input.num_frames, real.input.image_size, real.input.mean) == (32, 224, (0.45, 0.45, 0.45))
     assert get_arch("slowfast-r50-4x16").create().temporal_stride == 8
+
+
+@pytest.mark.parametrize("execution", [Execution.CHECKPOINT, Execution.REVERSIBLE])
+def test_the_stems_run_twice_per_step_their_outputs_kept_for_their_readers(execution):
+    """A stem is recomputed once in the backward; its output, which the fused first block and (fast) the first fast
+    block read, is kept for them rather than made again by each (what the other layers outside the stages do)."""
+    model = create_model("slowfast-tiny", num_classes=3).train()
+    model.set_wiring(Coupling(0.0, 1.0) if execution is Execution.REVERSIBLE else Coupling(), execution)
+    runs = {"slow": [], "fast": []}
+    for name in runs:
+        stem = getattr(model, name).stem
+        stem.register_forward_pre_hook(lambda m, args, name=name: runs[name].append(torch.is_grad_enabled()))
+    spec = get_arch("slowfast-tiny").input
+    model(torch.randn(1, 3, spec.num_frames, spec.image_size, spec.image_size)).square().sum().backward()
+    assert runs == {"slow": [False, True], "fast": [False, True]}  # the forward, then its recompute with a graph
