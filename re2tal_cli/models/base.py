@@ -79,15 +79,15 @@ class VideoBackbone(nn.Module):
         *inputs,
         modules: Sequence[nn.Module] | None = None,
         locality: TimeLocality | None = None,
-        remade: bool = True,
+        kept_below: int = 0,
     ) -> torch.Tensor:
         """layer(*inputs) for a layer outside the residual stages: its activations kept, or recomputed in the backward
         (only its inputs kept; in pieces of time when its `locality` is given) when `outside` says so and a graph is
-        being recorded. `modules`: the layers it runs (default: `layer` itself). `remade`: whether the layers that
-        read its output make it again in their backward rather than keep it (remake.py)."""
+        being recorded. `modules`: the layers it runs (default: `layer` itself). The layers that read its output make
+        it again in their backward rather than keep it, unless it is smaller than `kept_below` bytes (remake.py)."""
         if self.outside is Outside.RECOMPUTE and torch.is_grad_enabled():
             modules = [layer] if modules is None else modules
-            return recomputed_in_pieces(layer, inputs, modules, locality, remade)
+            return recomputed_in_pieces(layer, inputs, modules, locality, kept_below)
         return layer(*inputs)
 
     def input_problem(self, frames: int, height: int, width: int) -> str | None:

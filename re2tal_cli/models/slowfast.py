@@ -43,7 +43,7 @@ from re2tal_cli.models.resnet_blocks import (
     unknown_layout,
     with_num_batches_tracked,
 )
-from re2tal_cli.reversible.pieces import TimeLocality
+from re2tal_cli.reversible.pieces import PIECE_BYTES, TimeLocality
 
 __all__ = ["SlowFast", "SlowFastConfig", "convert_slowfast"]
 
@@ -145,17 +145,17 @@ class SlowFast(VideoBackbone):
         """(B, 3, T, H, W) → slow (B, C_slow, T/α, H/32, W/32) and fast (B, C_fast, T, H/32, W/32) final maps."""
         self.check_input(video)
         alpha = self.cfg.alpha
-        # The stems' outputs are kept rather than made again by the layers that read them (the fast one has two): a
-        # stem's output is a sixth of the clip or less (stride 2, then max-pooling), and making it again is a forward
-        # of a 3-channel convolution per reader (5 % of a CPU step at 32×112²; 0.1 GB kept at 1024 frames in fp16).
+        # The stems' outputs are kept for the layers that read them (the fast one has two) rather than made again by
+        # each, a 3-channel convolution's forward per reader (5 % of a CPU step at 32×112²) — up to PIECE_BYTES: on
+        # long clips memory comes first (at 1024 frames they are 0.2 GB in float32).
         slow = self.run_outside(
             self._slow_stem,
             video,
             modules=[self.slow.stem],
             locality=TimeLocality((2,), 2, 0, (alpha,), alpha),
-            remade=False,
+            kept_below=PIECE_BYTES,
         )
-        fast = self.run_outside(self.fast.stem, video, locality=time_locality(self.fast.stem), remade=False)
+        fast = self.run_outside(self.fast.stem, video, locality=time_locality(self.fast.stem), kept_below=PIECE_BYTES)
         for k in range(self.slow.num_stages):
             slow_layer, fast_layer = self.slow.layer(k), self.fast.layer(k)
             reach = temporal_reach(slow_layer.first)  # in slow frames, and the fusion's in fast frames:

@@ -193,16 +193,17 @@ def recomputed_in_pieces(
     inputs: Sequence[torch.Tensor],
     modules: Sequence[nn.Module],
     locality: TimeLocality | None,
-    remade: bool = True,
+    kept_below: int = 0,
 ) -> torch.Tensor:
     """layer(*inputs), keeping only `inputs` — or how the layers before make them again (remake.py) — for the
     backward, which recomputes it (a piece of time at a time when `locality` is given and the modules allow it:
     `split_ok`), random draws and autocast replayed, BatchNorm statistics untouched, and returns the gradients of
-    the inputs and of the modules' trainable parameters. With `remade`, the output can be made again the same way
-    (its consumers keep that instead of the output); without, they keep the output itself."""
+    the inputs and of the modules' trainable parameters. The output can be made again the same way, and the layers
+    that read it keep that instead of the output — unless the output is smaller than `kept_below` bytes: then they
+    keep it (for a layer costly to run again beside the memory its output would free)."""
     params = _parameters(modules)
     locality = locality if locality is not None and split_ok(modules, inputs, locality) else None
-    return _Recomputed.apply(layer, locality, tuple(modules), remade, len(inputs), *inputs, *params)
+    return _Recomputed.apply(layer, locality, tuple(modules), kept_below, len(inputs), *inputs, *params)
 
 
 def _parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
@@ -216,7 +217,7 @@ def _parameters(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
 
 class _Recomputed(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, layer, locality: TimeLocality | None, modules, remade: bool, n_inputs: int, *tensors):
+    def forward(ctx, layer, locality: TimeLocality | None, modules, kept_below: int, n_inputs: int, *tensors):
         inputs = tensors[:n_inputs]
         device = inputs[0].device
         ctx.layer, ctx.locality, ctx.modules = layer, locality, modules
@@ -225,7 +226,9 @@ class _Recomputed(torch.autograd.Function):
         ctx.params = tensors[n_inputs:]
         out = run_in_pieces(layer, inputs, locality, ctx.rng, advance=True)
         keep(ctx, inputs)  # each input, or how the layer before makes it again
-        return mark(out, partial(_remade_output, ctx)) if remade else out
+        if out.numel() * out.element_size() < kept_below:
+            return out
+        return mark(out, partial(_remade_output, ctx))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
