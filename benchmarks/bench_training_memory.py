@@ -13,8 +13,9 @@ activations). Measured on CUDA with torch.cuda.max_memory_allocated / memory_all
 on CPU with the process's peak / current resident set (VmHWM reset through /proc/self/clear_refs, VmRSS) with
 glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step time is measured in another
 process with the normal allocator, which holds the three wirings' models and alternates their steps (--steps rounds
-after a warm-up step each; the median per wiring): on a shared, noisy machine each wiring meets the same load, so
-their ratios are steadier than times taken one process after another. Ratios are to the plain wiring of the same
+after a warm-up step each, in an order that rotates from round to round; the median per wiring, and the median and
+quartiles of the per-round ratios): on a shared, noisy machine each wiring meets the same load, so their ratios are
+steadier than times taken one process after another. Ratios are to the plain wiring of the same
 arch and depth.
 """
 
@@ -78,14 +79,15 @@ def worker(spec: dict) -> dict:
         for step in steps.values():
             step(video)  # warm-up at full size
         times: dict[str, list[float]] = {wiring: [] for wiring in WIRINGS}
-        for _ in range(spec["steps"]):
-            for wiring, step in steps.items():
+        for round_ in range(spec["steps"]):
+            k = round_ % len(WIRINGS)  # the order rotates: no wiring always runs right after the same other one
+            for wiring in WIRINGS[k:] + WIRINGS[:k]:
                 start = time.perf_counter()
-                step(video)
+                steps[wiring](video)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times[wiring].append(time.perf_counter() - start)
-        return {wiring: statistics.median(t) for wiring, t in times.items()}
+        return times
 
     model, step = _training_step(spec, spec["wiring"])
     gradient_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
@@ -140,7 +142,8 @@ def measured_rows(spec: dict) -> list[dict]:
         rows.append({**spec, "wiring": wiring, **_run_worker({**spec, "wiring": wiring, "measure": "memory"}, env)})
     seconds = _run_worker({**spec, "measure": "time"})
     for row in rows:
-        row["step_seconds"] = seconds[row["wiring"]]
+        row["step_seconds"] = statistics.median(seconds[row["wiring"]])
+        row["round_seconds"] = seconds[row["wiring"]]
     return rows
 
 
@@ -205,7 +208,15 @@ def _print_summary(rows: list[dict]) -> None:
             f"time {r['step_seconds'] / ckpt['step_seconds']:.2f};  ",
             end="",
         )
-    print()
+    print("\nstep time, reversible ÷ the other wiring in the same round (median [quartiles] over the rounds):")
+    for r in reversible:
+        cells = []
+        for other in ("plain", "checkpoint"):
+            o = next(c for c in rows if (c["arch"], c["depth"], c["wiring"]) == (r["arch"], r["depth"], other))
+            ratios = [a / b for a, b in zip(r["round_seconds"], o["round_seconds"], strict=True)]
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            cells.append(f"÷ {other} {quartiles[1]:.3f} [{quartiles[0]:.3f}, {quartiles[2]:.3f}]")
+        print(f"  {r['arch']:<10} depth={r['depth'] or '-':<3} " + ", ".join(cells))
 
 
 def _cuda_available() -> bool:

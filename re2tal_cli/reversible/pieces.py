@@ -31,8 +31,10 @@ PIECE_BYTES = 2**25  # ... and more where a piece's input would exceed this (its
 MAX_PIECES = 16  # ... up to this many
 MAX_HALO_COST = 1.25  # a split may compute at most this many times the frames of the whole (halos overlap)
 # Smaller inputs are run whole: the memory a split saves is not worth its calls — nor, where pieces overlap on halos,
-# the frames it computes twice (up to MAX_HALO_COST − 1 more work). Chosen on the CPU step time at 32×112² (a Swin
-# stage of two windows split costs 9 %) and memprofile at every arch's default input (docs/benchmarks.md).
+# the frames it computes twice (up to MAX_HALO_COST − 1 more work), or where a piece is not contiguous in memory (a
+# convolution's frames, (B, C, T, H, W)), the copies and the less efficient kernels of short clips. Chosen on the CPU
+# step time at 32×112² (a Swin stage of two windows split costs 9 %; SlowFast's slow res3 stage, 3.2 MB, split costs
+# 13 % of that stage, its res2 stage, 6.4 MB, gains) and memprofile at every arch's default input (docs/benchmarks.md).
 MIN_SPLIT_BYTES = 2**21
 MIN_HALO_SPLIT_BYTES = 2**22
 
@@ -126,10 +128,12 @@ def one_of_each_shape(pieces: list[Piece]) -> list[Piece]:
 piece_plan: Callable[[list[Piece]], list[Piece]] = every_piece
 
 
-def split_ok(modules: Iterable[nn.Module], inputs: Iterable[torch.Tensor], locality: TimeLocality) -> bool:
+def split_ok(modules: Iterable[nn.Module], inputs: Sequence[torch.Tensor], locality: TimeLocality) -> bool:
     """Whether layers made of `modules` may be recomputed in pieces now (see the module docstring), and it is worth
-    it on these `inputs`: one of them at least MIN_SPLIT_BYTES, or MIN_HALO_SPLIT_BYTES where pieces have halos."""
-    if not worth_splitting(inputs, halos=bool(locality.halo)):
+    it on these `inputs`: one of them at least MIN_SPLIT_BYTES, or MIN_HALO_SPLIT_BYTES where pieces have halos or are
+    not contiguous."""
+    costly = bool(locality.halo) or not all(map(_contiguous_pieces, inputs, locality.dims))
+    if not worth_splitting(inputs, costly=costly):
         return False
     for module in modules:
         for m in module.modules():
@@ -140,11 +144,18 @@ def split_ok(modules: Iterable[nn.Module], inputs: Iterable[torch.Tensor], local
     return True
 
 
-def worth_splitting(inputs: Iterable[torch.Tensor], halos: bool = False) -> bool:
+def worth_splitting(inputs: Iterable[torch.Tensor], costly: bool = False) -> bool:
     """Whether a recompute on `inputs` is worth splitting: one of them at least MIN_SPLIT_BYTES, or
-    MIN_HALO_SPLIT_BYTES where the parts overlap on halos."""
-    least = MIN_HALO_SPLIT_BYTES if halos else MIN_SPLIT_BYTES
+    MIN_HALO_SPLIT_BYTES where its parts cost more than their share of the whole (`costly`: halos, or pieces that are
+    not contiguous)."""
+    least = MIN_HALO_SPLIT_BYTES if costly else MIN_SPLIT_BYTES
     return any(x.numel() * x.element_size() >= least for x in inputs)
+
+
+def _contiguous_pieces(x: torch.Tensor, dim: int) -> bool:
+    """Whether pieces of `x` along `dim` are contiguous: `x` is, and every dimension before `dim` has one element
+    (tokens (1, T·H·W, C) split along time are; a convolution's (1, C, T, H, W) is not)."""
+    return x.is_contiguous() and all(size == 1 for size in x.shape[:dim])
 
 
 def run_in_pieces(

@@ -219,7 +219,8 @@ class _ReversibleStageFunction(torch.autograd.Function):
 
 
 def _output(x: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    return torch.add(x, y).div_(1 + beta)
+    """(xₙ + yₙ)/(1+β), in xₙ's storage (a block's sum: the forward's own)."""
+    return x.add_(y).div_(1 + beta)
 
 
 def _last_pair(ctx, kept: list) -> list:
@@ -252,7 +253,8 @@ def _last_pair(ctx, kept: list) -> list:
 def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor):
     """Blocks n…1 from the last pair [xₙ, yₙ] (emptied: the pair is freed as soon as it is inverted): each block's
     input by inversion, then its gradient. Returns the gradients for (a, *params) and the reconstruction error of
-    (x₀, y₀) against the kept (a, β·a), relative to max|a|, as a 0-d tensor (the guard reads it)."""
+    (x₀, y₀) against the kept (a, β·a), relative to max|a|, as a 0-d tensor (the guard reads it). The comparison
+    runs in the rebuilt tensors' storage, each once the walk is done with it: it allocates nothing stage-sized."""
     beta = ctx.coupling.beta
     grads = _ParameterGradients(ctx.params)
     gx = gy = grad_out
@@ -264,10 +266,11 @@ def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor):
         owned = gy is not grad_out  # (the incoming gradient is not ours to overwrite)
         y_prev, grad_in = _block_backward(ctx, i, x_prev, gx, gy, grads, owned, x_next=pair, check_input=i == 0)
         if i == 0:
-            error, y_prev = y_prev, None  # block 0 returned the reconstruction error in place of y₀
+            error, y_prev = y_prev, None  # block 0 returned y₀'s error in place of y₀
         gx, gy = grad_in, gx  # (∂L/∂xᵢ₋₁, ∂L/∂yᵢ₋₁ = gxᵢ)
         pair[:] = [x_prev, y_prev]
-    return _stage_gradients(ctx, gx, gy, grads), error
+    error = torch.maximum(error, _input_error(ctx, x_prev, 1.0))  # x₀, dead now: compared in its own storage
+    return _stage_gradients(ctx, gx, gy, grads), error / _input_scale(ctx)
 
 
 def _exact_walk(ctx, a: torch.Tensor, grad_out: torch.Tensor) -> list:
@@ -310,7 +313,8 @@ def _block_backward(
     `grads`, and ∂L/∂xᵢ₋₁ = Jᵀ_F·gxᵢ + α·gxᵢ + β·gyᵢ is returned (in gyᵢ's storage when `gy_owned`: it is dead
     after). With `x_next` = [xᵢ] (emptied once used), the same recompute also inverts the block: yᵢ₋₁ = xᵢ −
     Fᵢ(xᵢ₋₁) − α·xᵢ₋₁ is returned first (else None), computed in xᵢ's storage; with `check_input` (block 0), y₀ is
-    compared with β·a (and x₀ with a) as soon as it is known and the error is returned in its place.
+    compared with β·a as soon as it is known (before the gradient's transient) and its error is returned in its
+    place.
 
     An F local in time (its `time_locality`; see pieces.py) is done a piece of time at a time, and an F that is a
     sum of terms (its `summands`: attention's head groups) a term at a time: the step's peak is this transient, and a
@@ -327,7 +331,7 @@ def _block_backward(
             if alpha:
                 y_prev.sub_(x_prev, alpha=alpha)
             if check_input:
-                y_prev = _reconstruction_error(ctx, x_prev, y_prev)
+                y_prev = _input_error(ctx, y_prev, beta)
         fx = get_gradient_edge(fx)  # F's output itself is not needed by its backward: freed before the gradient
         grad_in, *grad_params = torch.autograd.grad(fx, [x_in, *block_params], gx, allow_unused=True)
         del fx, x_in  # this block's recompute graph is dead: free it before the next block's
@@ -372,7 +376,7 @@ def _block_backward(
     if y_prev is not None and alpha:
         y_prev.sub_(x_prev, alpha=alpha)
     if check_input:
-        y_prev = _reconstruction_error(ctx, x_prev, y_prev)
+        y_prev = _input_error(ctx, y_prev, beta)
     return y_prev, grad_in
 
 
@@ -447,14 +451,14 @@ def _scaled_gradients(gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: fl
 
 
 def _stage_gradients(ctx, gx: torch.Tensor, gy: torch.Tensor, grads: _ParameterGradients) -> list:
-    """[∂L/∂a, *∂L/∂θ], each scaled once by 1/(1+β): ∂L/∂a = gx₀ + β·gy₀ (module comment above)."""
+    """[∂L/∂a, *∂L/∂θ], each scaled once by 1/(1+β): ∂L/∂a = (gx₀ + β·gy₀)/(1+β) (module comment above), in one
+    pass in gx₀'s storage (the walk's own: the last block's input gradient)."""
     beta = ctx.coupling.beta
-    grad_a = torch.add(gx, gy, alpha=beta) if ctx.needs_input_grad[1] else None
-    result = [grad_a, *grads.values]
-    for grad in result:
-        if grad is not None:
-            grad.div_(1 + beta)
-    return result
+    grad_a = gx.lerp_(gy, beta / (1 + beta)) if ctx.needs_input_grad[1] else None
+    present = [grad for grad in grads.values if grad is not None]
+    if present:
+        torch._foreach_div_(present, 1 + beta)
+    return [grad_a, *grads.values]
 
 
 class _ParameterGradients:
@@ -517,18 +521,24 @@ def _recompute(ctx, i: int, f: nn.Module, term, x_prev: torch.Tensor) -> tuple[t
         return x_in, term(x_in)
 
 
-def _reconstruction_error(ctx, x_0: torch.Tensor, y_0: torch.Tensor) -> torch.Tensor:
-    """max|(x₀, y₀) − (a, β·a)| / max|a|: over every element of the kept stage input, or over the forward's sample of
-    it when the input is made again rather than kept (guard.py)."""
-    beta = ctx.coupling.beta
+def _input_error(ctx, rebuilt: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """max|rebuilt − coefficient·a| over the kept stage input a — computed in `rebuilt`'s storage, which the walk owns
+    and no longer needs — or over the forward's sample of a when a is made again rather than kept (guard.py)."""
+    if ctx.input_sample is not None:
+        sample = ctx.input_sample[0]
+        return (sampled(rebuilt) - coefficient * sample).abs().max()
+    a = kept_one(ctx, 0)
+    if torch._C._is_alias_of(rebuilt, a):  # x₀ of a one-block stage at β=1 is yₙ = β·a: a itself, not rebuilt
+        return torch.zeros((), dtype=a.dtype, device=a.device)
+    return max_abs(rebuilt.sub_(a, alpha=coefficient))
+
+
+def _input_scale(ctx) -> torch.Tensor:
+    """max|a| of the stage input, which the reconstruction error is relative to (the forward took it with the sample
+    when a is made again)."""
     sample, ctx.input_sample = ctx.input_sample, None  # its last use: ctx itself lives as long as the whole graph
-    if sample is None:
-        a = kept_one(ctx, 0)
-        scale = max_abs(a)
-    else:
-        (a, scale), x_0, y_0 = sample, sampled(x_0), sampled(y_0)
-    scale = scale.clamp_min(torch.finfo(a.dtype).tiny)
-    return torch.maximum((x_0 - a).abs().max(), (y_0 - beta * a).abs().max()) / scale
+    scale = max_abs(kept_one(ctx, 0)) if sample is None else sample[1]
+    return scale.clamp_min(torch.finfo(scale.dtype).tiny)
 
 
 def _owned(grad: torch.Tensor, *incoming: torch.Tensor) -> torch.Tensor:

