@@ -34,7 +34,8 @@ MAX_HALO_COST = 1.25  # a split may compute at most this many times the frames o
 # the frames it computes twice (up to MAX_HALO_COST − 1 more work), or where a piece is not contiguous in memory (a
 # convolution's frames, (B, C, T, H, W)), the copies and the less efficient kernels of short clips. Chosen on the CPU
 # step time at 32×112² (a Swin stage of two windows split costs 9 %; SlowFast's slow res3 stage, 3.2 MB, split costs
-# 13 % of that stage, its res2 stage, 6.4 MB, gains) and memprofile at every arch's default input (docs/benchmarks.md).
+# 13–24 % of that stage, its res2 stage, 6.4 MB, gains) and memprofile at every arch's default input
+# (docs/benchmarks.md).
 MIN_SPLIT_BYTES = 2**21
 MIN_HALO_SPLIT_BYTES = 2**22
 
