@@ -12,18 +12,22 @@ gives the peak less them); "held for backward" is what the forward leaves alloca
 activations). Measured on CUDA with torch.cuda.max_memory_allocated / memory_allocated;
 on CPU with the process's peak / current resident set (VmHWM reset through /proc/self/clear_refs, VmRSS) with
 glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step time is measured in another
-process with the normal allocator, which holds the three wirings' models and alternates their steps (--steps rounds
-after a warm-up step each, in an order that rotates from round to round; the median per wiring, and the median and
-quartiles of the per-round ratios): on a shared, noisy machine each wiring meets the same load, so their ratios are
-steadier than times taken one process after another. Ratios are to the plain wiring of the same
-arch and depth.
+process with the normal allocator, which holds the three wirings' models and alternates their steps: --steps rounds
+after a warm-up step each, a round being two steps of each wiring in a palindromic order (A B C C B A, the order
+rotating from round to round), so that a drift of the machine's speed within a round weighs the same on every
+wiring. On a shared, noisy machine each wiring meets the same load, so the per-round ratios are steadier than times
+taken one process after another. The summary gives the median step per wiring and, per pair of wirings, the
+geometric mean of the per-round ratios with a 95 % bootstrap interval (the rounds resampled), and their median and
+quartiles. Ratios are to the plain wiring of the same arch and depth.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -81,7 +85,8 @@ def worker(spec: dict) -> dict:
         times: dict[str, list[float]] = {wiring: [] for wiring in WIRINGS}
         for round_ in range(spec["steps"]):
             k = round_ % len(WIRINGS)  # the order rotates: no wiring always runs right after the same other one
-            for wiring in WIRINGS[k:] + WIRINGS[:k]:
+            order = WIRINGS[k:] + WIRINGS[:k]
+            for wiring in order + order[::-1]:
                 start = time.perf_counter()
                 steps[wiring](video)
                 if device.type == "cuda":
@@ -142,8 +147,9 @@ def measured_rows(spec: dict) -> list[dict]:
         rows.append({**spec, "wiring": wiring, **_run_worker({**spec, "wiring": wiring, "measure": "memory"}, env)})
     seconds = _run_worker({**spec, "measure": "time"})
     for row in rows:
-        row["step_seconds"] = statistics.median(seconds[row["wiring"]])
-        row["round_seconds"] = seconds[row["wiring"]]
+        steps = seconds[row["wiring"]]
+        row["step_seconds"] = statistics.median(steps)
+        row["round_seconds"] = [(a + b) / 2 for a, b in zip(steps[::2], steps[1::2], strict=True)]  # a round's mean
     return rows
 
 
@@ -208,15 +214,29 @@ def _print_summary(rows: list[dict]) -> None:
             f"time {r['step_seconds'] / ckpt['step_seconds']:.2f};  ",
             end="",
         )
-    print("\nstep time, reversible ÷ the other wiring in the same round (median [quartiles] over the rounds):")
+    print(
+        "\nstep time, reversible ÷ the other wiring in the same round: geometric mean (95 % bootstrap interval); "
+        "median [quartiles]"
+    )
     for r in reversible:
         cells = []
         for other in ("plain", "checkpoint"):
             o = next(c for c in rows if (c["arch"], c["depth"], c["wiring"]) == (r["arch"], r["depth"], other))
             ratios = [a / b for a, b in zip(r["round_seconds"], o["round_seconds"], strict=True)]
-            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-            cells.append(f"÷ {other} {quartiles[1]:.3f} [{quartiles[0]:.3f}, {quartiles[2]:.3f}]")
+            mean, low, high = _geometric_mean_interval(ratios)
+            q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            cells.append(f"÷ {other} {mean:.3f} ({low:.3f}–{high:.3f}); {median:.3f} [{q1:.3f}, {q3:.3f}]")
         print(f"  {r['arch']:<10} depth={r['depth'] or '-':<3} " + ", ".join(cells))
+
+
+def _geometric_mean_interval(ratios: list[float], resamples: int = 10_000) -> tuple[float, float, float]:
+    """The geometric mean of per-round ratios and a 95 % percentile bootstrap interval for it: the rounds resampled
+    with replacement, with a fixed seed so that the same rounds give the same interval."""
+    logs = [math.log(r) for r in ratios]
+    draw = random.Random(0)
+    means = sorted(statistics.fmean(draw.choices(logs, k=len(logs))) for _ in range(resamples))
+    low, high = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+    return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
 
 
 def _cuda_available() -> bool:

@@ -313,6 +313,40 @@ def test_window_attention_backward_matches_gradcheck(monkeypatch):
         assert torch.autograd.gradcheck(lambda *t, r=r: attention.WindowAttention.apply(*t, r, heads, 0.5), (qkv, bias))
 
 
+def test_window_attention_backward_in_float32_matches_float64_on_shifted_windows():
+    """With the shift mask's −100 in the scores (whose exp the backward keeps from going subnormal), float32
+    gradients are float64's to float32's precision."""
+    heads, n, hd = 2, 8, 4
+    regions = attention._region_ids((4, 4, 4), (2, 2, 2), (1, 1, 1))
+    torch.manual_seed(0)
+    qkv = torch.randn(1, regions.shape[0], n, 3 * heads * hd, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(heads, n, n, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(1, regions.shape[0], n, heads * hd, dtype=torch.float64)
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        inputs = [t.detach().to(dtype).requires_grad_() for t in (qkv, bias)]
+        attention.WindowAttention.apply(*inputs, regions, heads, 0.5).backward(g.to(dtype))
+        grads[dtype] = [t.grad.double() for t in inputs]
+    for low, high in zip(grads[torch.float32], grads[torch.float64], strict=True):
+        torch.testing.assert_close(low, high, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_exp_stays_normal_on_cpu(dtype):
+    """Scores far below their row's maximum (the shift mask's) give the smallest normal number's neighbour, not a
+    subnormal; the others their exact exp."""
+    scores = torch.tensor([0.0, -1.0, -50.0, -87.0, -100.0, -300.0], dtype=dtype)
+    out = attention._exp_(scores.clone())
+    assert out.float().min() >= torch.finfo(torch.float32).tiny
+    torch.testing.assert_close(out[:4], scores[:4].exp())
+    assert torch.equal(out[4:], torch.tensor(-87.0, dtype=dtype).exp().expand(2))
+
+
+def test_softmax_exp_in_float64_is_exact():
+    scores = torch.tensor([0.0, -100.0, -300.0], dtype=torch.float64)
+    assert torch.equal(attention._exp_(scores.clone()), scores.exp())
+
+
 def test_attention_chunks_are_every_one_unless_a_shape_only_run_asks_for_the_first(monkeypatch):
     """A real run takes every chunk of every sample; memprofile's fake run (its hook) only the first (the largest)."""
     monkeypatch.setattr(attention, "_CHUNK_BYTES", 5 * 100)  # 5 windows of 100 B: 18 windows are 5 + 5 + 5 + 3
