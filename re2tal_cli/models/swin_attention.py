@@ -184,7 +184,7 @@ def _exp_(s: torch.Tensor) -> torch.Tensor:
     raised to −87 first: their exp would be subnormal, which x86 CPUs make several times slower than any other (the
     shift mask's −100 puts about half of a shifted window's scores there: on 2 AVX2 cores, Swin-T's first-stage
     attention backward at 32×112² took 273 ms, 100 ms with the floor). e^−87, 1.6e-38, is as nothing beside the row
-    maximum's 1, as the subnormal was: the gradients came out bit for bit the same."""
+    maximum's 1, as the subnormal was: those gradients came out bit for bit the same."""
     if s.device.type == "cpu" and s.dtype in (torch.float32, torch.bfloat16):
         s.clamp_min_(_SMALLEST_NORMAL_EXP)
     return s.exp_()
