@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 from pathlib import Path
@@ -42,10 +43,23 @@ train: {epochs: 2, warmup_epochs: 1, cosine_epochs: 2, batch_size: 2, reference_
 WORLD_SIZE = 2
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct ports for the jobs' process groups, each free now, all below the kernel's ephemeral range. A
+    port the kernel hands out for port 0 comes from that range, where an earlier job's own connections could take it
+    before its job listens on it (EADDRINUSE; it happened in CI)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+    ports: list[int] = []
+    for port in random.sample(range(ephemeral_low // 2, ephemeral_low), 1000):
+        with contextlib.closing(socket.socket()) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"fewer than {count} free ports below {ephemeral_low}")
 
 
 def _worker(rank: int, jobs: list[tuple[str, int, dict]]) -> None:
@@ -139,11 +153,12 @@ def runs(tmp_path_factory, synth, plain_backbone):
     extract_features(plain_backbone, synth, root / "feats-one", ExtractSettings(mode="frames", size=32))
 
     jobs = [
-        ("finetune", _free_port(), dict(**common, out=str(root / "two"), sets=["train.batch_size=1"])),
-        ("finetune", _free_port(), dict(checkpoint=None, data=None, out=str(resumed), resume=True)),
-        ("reversible", _free_port(), dict(out=str(root))),
-        ("extract", _free_port(), dict(checkpoint=str(plain_backbone), data=str(synth), out=str(root / "feats-two"))),
+        ("finetune", dict(**common, out=str(root / "two"), sets=["train.batch_size=1"])),
+        ("finetune", dict(checkpoint=None, data=None, out=str(resumed), resume=True)),
+        ("reversible", dict(out=str(root))),
+        ("extract", dict(checkpoint=str(plain_backbone), data=str(synth), out=str(root / "feats-two"))),
     ]
+    jobs = [(name, port, kwargs) for (name, kwargs), port in zip(jobs, _free_ports(len(jobs)), strict=True)]
     torch.multiprocessing.spawn(_worker, args=(jobs,), nprocs=WORLD_SIZE, join=True)
     return root
 
