@@ -22,6 +22,9 @@ Size3 = tuple[int, int, int]
 # stage's token tensors, of which a recompute holds a dozen anyway, and few chunks (operators) on long inputs.
 _CHUNK_BYTES = 8 * 2**20
 _MASKED = -100.0  # the shift mask's value for token pairs from different regions (torchvision and mmaction use -100)
+# Scores are floored here before their exp on a CPU (`_exp_`): −87, the first whole exponent whose exp is a normal
+# float32 (the smallest normal is e^−87.34)
+_SMALLEST_NORMAL_EXP = math.ceil(math.log(torch.finfo(torch.float32).tiny))
 
 
 def window_and_shift(size: Size3, window: Size3, shift: Size3) -> tuple[Size3, Size3]:
@@ -188,10 +191,6 @@ def _exp_(s: torch.Tensor) -> torch.Tensor:
     if s.device.type == "cpu" and s.dtype in (torch.float32, torch.bfloat16):
         s.clamp_min_(_SMALLEST_NORMAL_EXP)
     return s.exp_()
-
-
-# −87: the first whole exponent whose exp is a normal float32 (the smallest normal is e^−87.34)
-_SMALLEST_NORMAL_EXP = math.ceil(math.log(torch.finfo(torch.float32).tiny))
 
 
 def _chunks(qkv: torch.Tensor, bytes_per_window: int):

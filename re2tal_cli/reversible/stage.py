@@ -526,7 +526,7 @@ def _input_error(ctx, rebuilt: torch.Tensor, coefficient: float) -> torch.Tensor
     and no longer needs — or over the forward's sample of a when a is made again rather than kept (guard.py)."""
     if ctx.input_sample is not None:
         sample = ctx.input_sample[0]
-        return (sampled(rebuilt) - coefficient * sample).abs().max()
+        return max_abs(sampled(rebuilt) - coefficient * sample)
     a = kept_one(ctx, 0)
     if torch._C._is_alias_of(rebuilt, a):  # x₀ of a one-block stage at β=1 is yₙ = β·a: a itself, not rebuilt
         return torch.zeros((), dtype=a.dtype, device=a.device)
