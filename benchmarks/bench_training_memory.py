@@ -13,12 +13,15 @@ activations). Measured on CUDA with torch.cuda.max_memory_allocated / memory_all
 on CPU with the process's peak / current resident set (VmHWM reset through /proc/self/clear_refs, VmRSS) with
 glibc's mmap threshold pinned low so that freed tensors go back to the OS at once. Step time is measured in another
 process with the normal allocator, which holds the three wirings' models and alternates their steps: --steps rounds
-after a warm-up step each, a round being two steps of each wiring in a palindromic order (A B C C B A, the order
+after three warm-up steps each, a round being two steps of each wiring in a palindromic order (A B C C B A, the order
 rotating from round to round), so that a drift of the machine's speed within a round weighs the same on every
 wiring. On a shared, noisy machine each wiring meets the same load, so the per-round ratios are steadier than times
-taken one process after another. The summary gives the median step per wiring and, per pair of wirings, the
-geometric mean of the per-round ratios with a 95 % bootstrap interval (the rounds resampled), and their median and
-quartiles. Ratios are to the plain wiring of the same arch and depth.
+taken one process after another. With --processes K the timing runs in K fresh processes one after another, each
+--steps rounds: whatever sets one process's speed moves every step in it alike (SlowFast-R50's reversible ÷ plain
+ranged from 1.28 to 1.37 from process to process on one CPU), so rounds of one process are not independent draws,
+and the interval resamples processes too. The summary gives the median step per wiring and, per pair of wirings,
+the geometric mean of the per-round ratios with a 95 % bootstrap interval (the processes resampled, then the rounds
+within each), and their median and quartiles. Ratios are to the plain wiring of the same arch and depth.
 """
 
 from __future__ import annotations
@@ -80,8 +83,12 @@ def worker(spec: dict) -> dict:
     video = torch.randn(spec["batch"], 3, spec["frames"], spec["size"], spec["size"], device=device)
     if spec["measure"] == "time":
         steps = {wiring: _training_step(spec, wiring)[1] for wiring in WIRINGS}
-        for step in steps.values():
-            step(video)  # warm-up at full size
+        # Warm-up at full size, three steps of each wiring: on a CPU a wiring's first steps in a process are slower
+        # (the plain SlowFast-R50 step's second and third by about 30 %); timed, they put the ratios to plain 1–2 %
+        # low (docs/benchmarks.md).
+        for _ in range(3):
+            for step in steps.values():
+                step(video)
         times: dict[str, list[float]] = {wiring: [] for wiring in WIRINGS}
         for round_ in range(spec["steps"]):
             k = round_ % len(WIRINGS)  # the order rotates: no wiring always runs right after the same other one
@@ -145,11 +152,12 @@ def measured_rows(spec: dict) -> list[dict]:
         if spec["device"] == "cpu":
             env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
         rows.append({**spec, "wiring": wiring, **_run_worker({**spec, "wiring": wiring, "measure": "memory"}, env)})
-    seconds = _run_worker({**spec, "measure": "time"})
+    timings = [_run_worker({**spec, "measure": "time"}) for _ in range(spec["processes"])]
     for row in rows:
-        steps = seconds[row["wiring"]]
-        row["step_seconds"] = statistics.median(steps)
-        row["round_seconds"] = [(a + b) / 2 for a, b in zip(steps[::2], steps[1::2], strict=True)]  # a round's mean
+        steps = [timing[row["wiring"]] for timing in timings]
+        row["step_seconds"] = statistics.median(t for process in steps for t in process)
+        # per process, a round's mean (its two steps of this wiring)
+        row["round_seconds"] = [[(a + b) / 2 for a, b in zip(p[::2], p[1::2], strict=True)] for p in steps]
     return rows
 
 
@@ -164,6 +172,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2, help="timed rounds of the three wirings' steps")
+    parser.add_argument("--processes", type=int, default=1, help="fresh processes the timing runs in, one by one")
     parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     parser.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -172,7 +181,7 @@ def main() -> None:
     for arch in args.arch:
         for depth in args.depths or [0]:
             spec = dict(arch=arch, depth=depth, frames=args.frames, size=args.size)
-            spec.update(batch=args.batch, steps=args.steps, device=args.device)
+            spec.update(batch=args.batch, steps=args.steps, processes=args.processes, device=args.device)
             rows += measured_rows(spec)
             for row in rows[-len(WIRINGS) :]:
                 print(_format_row(row, rows), flush=True)
@@ -222,21 +231,31 @@ def _print_summary(rows: list[dict]) -> None:
         cells = []
         for other in ("plain", "checkpoint"):
             o = next(c for c in rows if (c["arch"], c["depth"], c["wiring"]) == (r["arch"], r["depth"], other))
-            ratios = [a / b for a, b in zip(r["round_seconds"], o["round_seconds"], strict=True)]
+            ratios = [
+                [a / b for a, b in zip(mine, theirs, strict=True)]
+                for mine, theirs in zip(r["round_seconds"], o["round_seconds"], strict=True)
+            ]
             mean, low, high = _geometric_mean_interval(ratios)
-            q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            pooled = [ratio for process in ratios for ratio in process]
+            q1, median, q3 = statistics.quantiles(pooled, n=4) if len(pooled) > 1 else pooled * 3
             cells.append(f"÷ {other} {mean:.3f} ({low:.3f}–{high:.3f}); {median:.3f} [{q1:.3f}, {q3:.3f}]")
         print(f"  {r['arch']:<10} depth={r['depth'] or '-':<3} " + ", ".join(cells))
 
 
-def _geometric_mean_interval(ratios: list[float], resamples: int = 10_000) -> tuple[float, float, float]:
-    """The geometric mean of per-round ratios and a 95 % percentile bootstrap interval for it: the rounds resampled
-    with replacement, with a fixed seed so that the same rounds give the same interval."""
-    logs = [math.log(r) for r in ratios]
+def _geometric_mean_interval(ratios: list[list[float]], resamples: int = 10_000) -> tuple[float, float, float]:
+    """The geometric mean of per-round ratios (a list per process) and a 95 % percentile bootstrap interval for it:
+    the processes resampled with replacement, then the rounds of each drawn process, with a fixed seed so that the
+    same rounds give the same interval. With one process this is the rounds' bootstrap."""
+    logs = [[math.log(r) for r in process] for process in ratios]
     draw = random.Random(0)
-    means = sorted(statistics.fmean(draw.choices(logs, k=len(logs))) for _ in range(resamples))
+
+    def resampled_mean() -> float:
+        processes = draw.choices(logs, k=len(logs))
+        return statistics.fmean(x for process in processes for x in draw.choices(process, k=len(process)))
+
+    means = sorted(resampled_mean() for _ in range(resamples))
     low, high = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
-    return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
+    return math.exp(statistics.fmean(x for process in logs for x in process)), math.exp(low), math.exp(high)
 
 
 def _cuda_available() -> bool:
