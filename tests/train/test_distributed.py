@@ -50,7 +50,8 @@ def _free_ports(count: int) -> list[int]:
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         ephemeral_low = int(f.read().split()[0])
     ports: list[int] = []
-    for port in random.sample(range(ephemeral_low // 2, ephemeral_low), 1000):
+    candidates = range(ephemeral_low // 2, ephemeral_low)
+    for port in random.sample(candidates, len(candidates)):
         with contextlib.closing(socket.socket()) as s:
             try:
                 s.bind(("127.0.0.1", port))
