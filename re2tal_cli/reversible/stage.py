@@ -243,11 +243,13 @@ def _last_pair(ctx, kept: list) -> list:
 #   gradient    ∂L/∂θᵢ = Jᵀ_θ·gxᵢ,   ∂L/∂xᵢ₋₁ = Jᵀ_F·gxᵢ + α·gxᵢ + β·gyᵢ,   ∂L/∂yᵢ₋₁ = gxᵢ
 #   stage input (x₀ = a, y₀ = β·a): ∂L/∂a = gx₀ + β·gy₀
 #
-# out = (xₙ + yₙ)/(1+β) gives both streams the gradient grad_out/(1+β); every gradient is linear in it, so the walk
-# starts from grad_out itself (no stage-sized copy) and the results are scaled once at the end. The working set
-# decides the step's peak memory (the transient of one block's recompute, not the stored activations), so besides the
-# recompute graph only xᵢ₋₁, yᵢ₋₁, gxᵢ, gyᵢ are alive when a block's gradient is taken, tensors are dropped as soon as
-# they are dead (arguments that a step consumes come in a list it empties), and gradients are updated in place.
+# out = (xₙ + yₙ)/(1+β) gives both streams the gradient grad_out/(1+β); every gradient is linear in it, so the
+# division is done once, on whichever is smaller: grad_out at the start (`_incoming`: deep stages on short clips,
+# where the parameters outweigh the activations) or the results at the end (no stage-sized copy at long inputs). The
+# working set decides the step's peak memory (the transient of one block's recompute, not the stored activations),
+# so besides the recompute graph only xᵢ₋₁, yᵢ₋₁, gxᵢ, gyᵢ are alive when a block's gradient is taken, tensors are
+# dropped as soon as they are dead (arguments that a step consumes come in a list it empties), and gradients are
+# updated in place.
 
 
 def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor):
@@ -257,20 +259,20 @@ def _reversible_walk(ctx, pair: list, grad_out: torch.Tensor):
     runs in the rebuilt tensors' storage, each once the walk is done with it: it allocates nothing stage-sized."""
     beta = ctx.coupling.beta
     grads = _ParameterGradients(ctx.params)
-    gx = gy = grad_out
+    gx = gy = incoming = _incoming(ctx, grad_out)
     error = None
     for i in reversed(range(len(ctx.stage.blocks))):
         y = pair.pop()
         x_prev = y if beta == 1.0 else y / beta  # xᵢ₋₁ = yᵢ / β  (at β=1, yᵢ *is* xᵢ₋₁)
         del y
-        owned = gy is not grad_out  # (the incoming gradient is not ours to overwrite)
+        owned = _owned_by_walk(gy, gx, grad_out)
         y_prev, grad_in = _block_backward(ctx, i, x_prev, gx, gy, grads, owned, x_next=pair, check_input=i == 0)
         if i == 0:
             error, y_prev = y_prev, None  # block 0 returned y₀'s error in place of y₀
         gx, gy = grad_in, gx  # (∂L/∂xᵢ₋₁, ∂L/∂yᵢ₋₁ = gxᵢ)
         pair[:] = [x_prev, y_prev]
     error = torch.maximum(error, _input_error(ctx, x_prev, 1.0))  # x₀, dead now: compared in its own storage
-    return _stage_gradients(ctx, gx, gy, grads), error / _input_scale(ctx)
+    return _stage_gradients(ctx, gx, gy, grads, scaled=incoming is not grad_out), error / _input_scale(ctx)
 
 
 def _exact_walk(ctx, a: torch.Tensor, grad_out: torch.Tensor) -> list:
@@ -278,11 +280,26 @@ def _exact_walk(ctx, a: torch.Tensor, grad_out: torch.Tensor) -> list:
     cost), then each block's gradient as in the reversible walk. Exact whatever β."""
     inputs = _replayed_forward(ctx, a)[0]
     grads = _ParameterGradients(ctx.params)
-    gx = gy = grad_out
+    gx = gy = incoming = _incoming(ctx, grad_out)
     for i in reversed(range(len(ctx.stage.blocks))):
-        _, grad_in = _block_backward(ctx, i, inputs.pop(), gx, gy, grads, gy is not grad_out)
+        _, grad_in = _block_backward(ctx, i, inputs.pop(), gx, gy, grads, _owned_by_walk(gy, gx, grad_out))
         gx, gy = grad_in, gx
-    return _stage_gradients(ctx, gx, gy, grads)
+    return _stage_gradients(ctx, gx, gy, grads, scaled=incoming is not grad_out)
+
+
+def _incoming(ctx, grad_out: torch.Tensor) -> torch.Tensor:
+    """The gradient the walk starts from: grad_out/(1+β) when it is smaller than the stage's parameters together
+    (dividing it costs less than dividing their gradients at the end), else grad_out itself (the comment above
+    `_reversible_walk`)."""
+    if grad_out.numel() < sum(p.numel() for p in ctx.params):
+        return grad_out / (1 + ctx.coupling.beta)
+    return grad_out
+
+
+def _owned_by_walk(gy: torch.Tensor, gx: torch.Tensor, grad_out: torch.Tensor) -> bool:
+    """Whether a block's backward may overwrite gyᵢ: not the gradient the stage was given (not ours), nor gxᵢ itself
+    (the first block's, when the walk starts from a scaled copy: still to be read)."""
+    return gy is not grad_out and gy is not gx
 
 
 def _replayed_forward(ctx, a: torch.Tensor) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -450,10 +467,14 @@ def _scaled_gradients(gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: fl
     return out.add_(gx, alpha=alpha) if alpha else out
 
 
-def _stage_gradients(ctx, gx: torch.Tensor, gy: torch.Tensor, grads: _ParameterGradients) -> list:
-    """[∂L/∂a, *∂L/∂θ], each scaled once by 1/(1+β): ∂L/∂a = (gx₀ + β·gy₀)/(1+β) (module comment above), in one
-    pass in gx₀'s storage (the walk's own: the last block's input gradient)."""
+def _stage_gradients(ctx, gx: torch.Tensor, gy: torch.Tensor, grads: _ParameterGradients, scaled: bool) -> list:
+    """[∂L/∂a, *∂L/∂θ], each scaled by 1/(1+β) unless the walk started from a `scaled` gradient: ∂L/∂a = (gx₀ +
+    β·gy₀)/(1+β) (comment above `_reversible_walk`), in one pass in gx₀'s storage (the walk's own: the last block's
+    input gradient)."""
     beta = ctx.coupling.beta
+    if scaled:
+        grad_a = gx.add_(gy, alpha=beta) if ctx.needs_input_grad[1] else None
+        return [grad_a, *grads.values]
     grad_a = gx.lerp_(gy, beta / (1 + beta)) if ctx.needs_input_grad[1] else None
     present = [grad for grad in grads.values if grad is not None]
     if present:

@@ -84,6 +84,29 @@ def test_fp64_gradients_equal_autograd(depth, coupling):
     assert net.stage.guard.fallbacks == 0
 
 
+@pytest.mark.parametrize("tokens", [5, 400], ids=["output-smaller-than-parameters", "output-larger"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("coupling", [Coupling(0.0, 1.0), Coupling(0.5, 0.5)], ids=["re2tal", "half"])
+@pytest.mark.parametrize("walk", ["reversible", "exact"])
+def test_fp64_gradients_equal_autograd_whichever_gradient_takes_the_output_scale(tokens, depth, coupling, walk):
+    """The output's 1/(1+β) is applied to the incoming gradient when it is smaller than the stage's parameters, else
+    to the parameter gradients at the end: both give autograd's gradients, in the reversible walk and in the
+    fallback's exact one (a tolerance below any error forces it), and leave the given gradient untouched."""
+    net = mlp_net(depth)
+    x = torch.randn(2, tokens, 8, dtype=torch.float64, requires_grad=True)
+    assert (x.numel() < sum(p.numel() for p in net.parameters())) == (tokens == 5)  # both sides of the choice
+    grad_out = torch.randn(x.shape, dtype=torch.float64)
+    grad_before = grad_out.clone()
+    grads = {}
+    for execution in (Execution.PLAIN, Execution.REVERSIBLE):
+        net.stage.set_wiring(coupling, execution, tolerance=-1.0 if walk == "exact" else None)
+        grads[execution] = torch.autograd.grad(net(x), [x, *net.parameters()], grad_out)
+    assert torch.equal(grad_out, grad_before)
+    assert net.stage.guard.fallbacks == (walk == "exact")
+    for a, b in zip(grads[Execution.REVERSIBLE], grads[Execution.PLAIN], strict=True):
+        assert (a - b).abs().max().item() < 1e-10
+
+
 def test_original_coupling_is_the_residual_network_exactly():
     net = mlp_net(3)
     x = torch.randn(2, 5, 8, dtype=torch.float64)
