@@ -162,10 +162,20 @@ class ResidualBlock(nn.Module):
         return time_locality(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.drop_path(self.body(x if self.shift is None else self.shift(x)))
+        branch = self._branch(x)
         if self.in_stage:
             return F.relu(x + branch) - x  # F: h + F(h) is the ordinary block (ReLU-in)
         return F.relu((x if self.shortcut is None else self.shortcut(x)) + branch)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """x + F(x) for a block in a stage, computed as the original block computes it: ReLU(x + branch), the
+        pretrained network's operations. x + F(x) is the same value to rounding, with two more passes over the block's
+        output in the forward (F's −x, the stage's +x) and three in the backward: 5.5 % of a plain SlowFast-R50
+        training step on a CPU (docs/benchmarks.md)."""
+        return F.relu(x + self._branch(x))
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop_path(self.body(x if self.shift is None else self.shift(x)))
 
 
 class Bottleneck(ResidualBlock):

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from re2tal_cli.checkpoint import build_from_state_dict
 from re2tal_cli.errors import BadCheckpointError, BadInputError
@@ -14,6 +15,7 @@ from re2tal_cli.models import create_model, get_arch
 from re2tal_cli.models.resnet_blocks import TemporalShift
 from re2tal_cli.reversible import Coupling, Execution
 from re2tal_cli.reversible.check import check_reversibility
+from re2tal_cli.reversible.recompute import checkpointed
 from tests.helpers import batchnorm_state
 
 ORACLE = "/work/shared/oracles/torchvision-video-models"
@@ -123,6 +125,60 @@ def test_tsm_shift_lives_inside_f():
     assert not torch.equal(block(nudged)[:, :, 1], block(h)[:, :, 1])
     report = check_reversibility(model, torch.randn(1, 3, 4, 32, 32, dtype=torch.float64), Coupling(0.0, 1.0))
     assert report.gradient_error_level < 1e-10
+
+
+@pytest.mark.parametrize("arch", ["tsm-tiny", "tsm-tiny-bottleneck"])
+@pytest.mark.parametrize("execution", [Execution.PLAIN, Execution.CHECKPOINT])
+def test_original_wiring_computes_each_block_as_the_original_network(arch, execution):
+    """At α=1, β=0 a stage of ReLU-in blocks runs ReLU(h + branch) per block: the original network's operations,
+    forward and backward, bit for bit — not h + (ReLU(h + branch) − h), the same function with two more passes over
+    each block's output forward and three backward."""
+    model = create_model(arch, drop_path=0.0).train()
+    stage = model.layer2.stage
+    stage.set_wiring(Coupling(1.0, 0.0), execution)
+    blocks = stage.blocks
+    a = torch.randn(2, blocks[0].conv1.in_channels, 4, 6, 6, requires_grad=True)
+
+    ordinary_blocks = copy.deepcopy(blocks)
+    for block in ordinary_blocks:
+        block.in_stage = False  # an ordinary block without a shortcut: ReLU(h + drop_path(body(shift(h))))
+
+    def original_network(h):
+        for block in ordinary_blocks:
+            h = block(h) if execution is Execution.PLAIN else checkpointed(block, h, modules=[block])
+        return h
+
+    def run(fn):
+        with OperatorLog() as log:
+            out = fn(a)
+            (grad_a,) = torch.autograd.grad(out, a, torch.ones_like(out))
+        return out, grad_a, log.elementwise
+
+    out, grad_a, operators = run(stage)
+    expected, expected_grad_a, expected_operators = run(original_network)
+    assert torch.equal(out, expected) and torch.equal(grad_a, expected_grad_a)
+    assert operators == expected_operators and "aten.sub.Tensor" not in operators
+    with torch.no_grad():
+        rewired_form = a
+        for block in blocks:
+            rewired_form = rewired_form + block(rewired_form)  # x + F(x): the same function
+        assert (rewired_form - expected).abs().max() < 1e-5
+
+
+class OperatorLog(TorchDispatchMode):
+    """The elementwise add / sub / neg / relu operators run under it, in order (the convolutions are the same either
+    way; checkpointing's recompute adds its own, on both sides)."""
+
+    NAMES = ("add", "sub", "neg", "relu", "threshold_backward")
+
+    def __init__(self):
+        super().__init__()
+        self.elementwise: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0].rstrip("_") in self.NAMES:
+            self.elementwise.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("arch", ["r3d-tiny", "r2plus1d-tiny", "tsm-tiny", "tsm-tiny-bottleneck"])
