@@ -230,14 +230,19 @@ class StorageTracker(TorchDispatchMode, Observer):
 
 
 def cpu_kernel_workspace(func, args, out) -> int:
-    """Scratch of the CPU kernels that allocate a sizeable one: a convolution's backward, by the backend torch picks
-    for it (measured on torch 2.13: within 1 % at video sizes, up to 10 % above on small inputs, and 16–20 % above
-    for a stem on the 3-channel clip):
+    """Scratch of the CPU kernels that allocate a sizeable one. A BatchNorm backward that takes the input's gradient
+    allocates one more input-sized buffer beside it (torch 2.13, training and eval mode alike; it set the peak of a
+    checkpointed TSM-R50 step once the blocks ran ReLU(h + branch)). A convolution's backward, by the backend torch
+    picks for it (measured on torch 2.13: within 1 % at video sizes, up to 10 % above on small inputs, and 16–20 %
+    above for a stem on the 3-channel clip):
     - oneDNN reorders the input, the output gradient and the weight into blocked layouts — or, where the input's
       gradient is taken, the input and that gradient (written blocked, then reordered), whichever is more;
     - the im2col kernels (small channel counts) unfold the input into one buffer of columns: channels × kernel
       volume rows, a row per output position.
     The CUDA counterpart (cuDNN's workspace) depends on the algorithm chosen at run time and is not modelled."""
+    if func is torch.ops.aten.native_batch_norm_backward.default:
+        inp, output_mask = args[1], args[-1]
+        return inp.numel() * inp.element_size() if output_mask[0] else 0
     if func is not torch.ops.aten.convolution_backward.default:
         return 0
     grad_out, inp, weight, _, stride, padding, dilation, transposed, output_padding, groups, output_mask = args

@@ -244,6 +244,31 @@ def test_recomputes_in_pieces_on_fake_tensors_have_the_full_loops_peaks(monkeypa
             assert abs(a.phases[phase].total - b.phases[phase].total) <= 1e-5 * b.phases[phase].total, phase
 
 
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("input_gradient", [True, False])
+def test_batchnorm_backward_scratch_matches_the_cpu_allocator(train, dtype, input_gradient):
+    """A CPU BatchNorm backward allocates, beside its outputs, one input-sized buffer when it takes the input's
+    gradient, none otherwise: the model is that, to the byte."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from re2tal_cli.memory.tracker import cpu_kernel_workspace
+
+    x = torch.randn(1, 32, 4, 12, 12, dtype=dtype)
+    stats = [torch.rand(32) + 0.5 for _ in range(5)]  # weight, running mean and variance, saved mean and invstd
+    args = (torch.randn_like(x), x, *stats, train, 1e-5, [input_gradient, True, True])
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        grads = torch.ops.aten.native_batch_norm_backward(*args)
+    live = peak = 0
+    for event in sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    outputs = sum(g.numel() * g.element_size() for g in grads if g is not None)
+    scratch = peak - outputs
+    assert cpu_kernel_workspace(torch.ops.aten.native_batch_norm_backward.default, args, grads) == scratch
+    assert (scratch > 0) == input_gradient
+
+
 @pytest.mark.parametrize(
     ("channels", "frames_size", "kernel", "stride", "input_gradient", "over"),
     [
