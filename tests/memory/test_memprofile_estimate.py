@@ -250,23 +250,27 @@ def test_recomputes_in_pieces_on_fake_tensors_have_the_full_loops_peaks(monkeypa
 def test_batchnorm_backward_scratch_matches_the_cpu_allocator(train, dtype, input_gradient):
     """A CPU BatchNorm backward allocates, beside its outputs, one input-sized buffer when it takes the input's
     gradient, none otherwise: the model is that, to the byte."""
-    from torch.profiler import ProfilerActivity, profile
-
     from re2tal_cli.memory.tracker import cpu_kernel_workspace
 
     x = torch.randn(1, 32, 4, 12, 12, dtype=dtype)
     stats = [torch.rand(32) + 0.5 for _ in range(5)]  # weight, running mean and variance, saved mean and invstd
     args = (torch.randn_like(x), x, *stats, train, 1e-5, [input_gradient, True, True])
+    grads, scratch = kernel_scratch(torch.ops.aten.native_batch_norm_backward, args)
+    assert cpu_kernel_workspace(torch.ops.aten.native_batch_norm_backward.default, args, grads) == scratch
+    assert (scratch > 0) == input_gradient
+
+
+def kernel_scratch(op, args) -> tuple:
+    """op(*args)'s outputs, and the bytes beyond them that torch's CPU allocator had live at its peak inside the op."""
+    from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        grads = torch.ops.aten.native_batch_norm_backward(*args)
+        outputs = op(*args)
     live = peak = 0
     for event in sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
         live += event.nbytes()
         peak = max(peak, live)
-    outputs = sum(g.numel() * g.element_size() for g in grads if g is not None)
-    scratch = peak - outputs
-    assert cpu_kernel_workspace(torch.ops.aten.native_batch_norm_backward.default, args, grads) == scratch
-    assert (scratch > 0) == input_gradient
+    return outputs, peak - sum(t.numel() * t.element_size() for t in outputs if t is not None)
 
 
 @pytest.mark.parametrize(
@@ -284,8 +288,6 @@ def test_convolution_backward_scratch_matches_the_cpu_allocator(
     """The modelled scratch of a convolution's backward against what torch's CPU allocator reports for it: never
     more than 3 % below, at most `over` above (oneDNN's reorders come closer to the model on larger inputs: within 1 %
     at 32×80²; a stem's backward on the 3-channel clip is 16–20 % above with AVX-512's kernels)."""
-    from torch.profiler import ProfilerActivity, profile
-
     from re2tal_cli.memory.tracker import cpu_kernel_workspace
 
     (c_in, c_out), (frames, size) = channels, frames_size
@@ -296,13 +298,7 @@ def test_convolution_backward_scratch_matches_the_cpu_allocator(
     args = (grad_out, x, conv.weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0, 0], 1,
             [input_gradient, True, False])  # fmt: skip
     torch.ops.aten.convolution_backward(*args)  # oneDNN's primitives made once
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        grads = torch.ops.aten.convolution_backward(*args)
-    live = peak = 0
-    for event in sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    scratch = peak - sum(g.numel() * g.element_size() for g in grads if g is not None)
+    grads, scratch = kernel_scratch(torch.ops.aten.convolution_backward, args)
     modelled = cpu_kernel_workspace(torch.ops.aten.convolution_backward.default, args, grads)
     if c_in == 3 and torch.backends.cpu.get_cpu_capability() != "AVX512":
         # Without AVX-512, oneDNN takes another kernel for a 3-channel input, whose one scratchpad (0.4–0.5 of the
