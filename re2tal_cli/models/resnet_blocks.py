@@ -162,9 +162,9 @@ class ResidualBlock(nn.Module):
         return time_locality(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self._branch(x)
         if self.in_stage:
-            return F.relu(x + branch) - x  # F: h + F(h) is the ordinary block (ReLU-in)
+            return self.residual(x) - x  # F: h + F(h) is the ordinary block (ReLU-in)
+        branch = self._branch(x)
         return F.relu((x if self.shortcut is None else self.shortcut(x)) + branch)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
