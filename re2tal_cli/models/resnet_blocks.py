@@ -5,14 +5,15 @@ not invertible, so it must move inside the residual function F before a stage ca
 
     F(h) = ReLU(h + body(h)) − h
 
-so that ``h + F(h)`` *is* the original block: at α=1, β=0 the rewired stage computes the pretrained network (to
-floating-point rounding), Dr²Net's α/β schedule starts from it, and at α=0, β=1 F is still a pure function of its
-input (Re²TAL's rewiring). The alternative reading of the paper's Fig. 9, ``F = ReLU∘body``, is not the pretrained
-network at α=1, β=0; docs/models.md explains the choice.
+so that ``h + F(h)`` *is* the original block: at α=1, β=0 the rewired stage computes the pretrained network, Dr²Net's
+α/β schedule starts from it, and at α=0, β=1 F is still a pure function of its input (Re²TAL's rewiring). F is never
+computed as such: a block's forward is the original block, ``h + F(h)``, and the stage runs it that way
+(`adds_input`, `re2tal_cli/reversible/stage.py`). The alternative reading of the paper's Fig. 9, ``F = ReLU∘body``, is
+not the pretrained network at α=1, β=0; docs/models.md explains the choice.
 
-Blocks keep their parts as named submodules (``conv1``, ``bn1``, …, ``shortcut``): the same block object is the F of a
-`ResidualStage` (``in_stage=True``) or an ordinary block (the first block of each stage, which changes shape), and its
-checkpoint keys do not depend on the wiring.
+Blocks keep their parts as named submodules (``conv1``, ``bn1``, …, ``shortcut``): the same block class is a block of a
+`ResidualStage` or an ordinary block (the first block of each stage, which changes shape), and its checkpoint keys do
+not depend on the wiring.
 """
 
 from __future__ import annotations
@@ -140,39 +141,32 @@ def time_locality(module: nn.Module) -> TimeLocality | None:
 
 
 class ResidualBlock(nn.Module):
-    """A ResNet block: `body` (subclasses), optional projection `shortcut`, optional TSM `shift` before the body.
+    """A ResNet block: `body` (subclasses), optional projection `shortcut`, optional TSM `shift` before the body:
+    ReLU(shortcut(x) + drop_path(body(shift(x)))), the shortcut the identity when absent. In a residual stage that is
+    h + F(h) (ReLU-in, the module docstring)."""
 
-    Ordinary block (``in_stage`` False):  ReLU(shortcut(x) + drop_path(body(shift(x))))
-    F of a residual stage (``in_stage`` True, no shortcut):  ReLU(x + drop_path(body(shift(x)))) − x
-    """
+    adds_input = True  # the forward is h + F(h), not F(h): the stage adds no h of its own (stage.py)
 
     def __init__(self, shortcut: nn.Module | None, drop_path: float, shift_div: int):
         super().__init__()
         self.shortcut = shortcut
         self.shift = TemporalShift(shift_div) if shift_div else None
         self.drop_path = DropPath(drop_path)
-        self.in_stage = False  # set by ResLayer for every block after a stage's first
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     @property
     def time_locality(self) -> TimeLocality | None:
-        """How far in time F reaches (a residual stage recomputes it in pieces of time when BatchNorm is frozen)."""
+        """How far in time the block reaches (a residual stage recomputes it in pieces of time when BatchNorm is
+        frozen)."""
         return time_locality(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_stage:
-            return self.residual(x) - x  # F: h + F(h) is the ordinary block (ReLU-in)
+        if self.shortcut is None:
+            return F.relu(x + self._branch(x))  # one expression: the branch is freed before the ReLU's output is made
         branch = self._branch(x)
-        return F.relu((x if self.shortcut is None else self.shortcut(x)) + branch)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """x + F(x) for a block in a stage, computed as the original block computes it: ReLU(x + branch), the
-        pretrained network's operations. x + F(x) is the same value to rounding, with two more passes over the block's
-        output in the forward (F's −x, the stage's +x) and three in the backward: 5.5 % of a plain SlowFast-R50
-        training step on a CPU (docs/benchmarks.md)."""
-        return F.relu(x + self._branch(x))
+        return F.relu(self.shortcut(x) + branch)
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop_path(self.body(x if self.shift is None else self.shift(x)))
@@ -243,14 +237,13 @@ def _conv3x3(kind: str, cin: int, cout: int, mid: int, stride: Triple) -> nn.Mod
 
 class ResLayer(nn.Module):
     """One ResNet stage: its blocks as submodules "0" … "n-1" (keys ``layerK.J.*``). Block 0 changes the shape and
-    stays ordinary; blocks 1 … n-1 become the F of one `ResidualStage` (absent when the stage has a single block)."""
+    stays ordinary; blocks 1 … n-1 are the blocks of one `ResidualStage` (absent when the stage has a single block)."""
 
     def __init__(self, blocks: Sequence[ResidualBlock]):
         super().__init__()
         for i, block in enumerate(blocks):
             if i and block.shortcut is not None:
                 raise ValueError("only the first block of a stage may have a projection shortcut")
-            block.in_stage = i > 0
             self.add_module(str(i), block)
         self.stage = ResidualStage(list(blocks[1:])) if len(blocks) > 1 else None
 

@@ -10,10 +10,14 @@ dual residual of Dr²Net (coefficients α, β), per block i and stage input a::
     xᵢ₋₁ = yᵢ / β                            (inverse)
     yᵢ₋₁ = xᵢ − Fᵢ(xᵢ₋₁) − α·xᵢ₋₁
 
-α=1, β=0 is the original network exactly (yᵢ = 0, xᵢ = xᵢ₋₁ + Fᵢ(xᵢ₋₁)); α=0, β=1 is Re²TAL's rewiring. Any β ≠ 0
-is invertible, so training need not store the activations inside the stage: `_ReversibleStageFunction` keeps the
-stage input and yₙ of the last pair (xₙ is made again from the output, which the next layer holds anyway), and its
-backward walks the blocks in reverse, rebuilding each block's input from its output and recomputing Fᵢ with grad.
+α=1, β=0 is the original network exactly (yᵢ = 0, xᵢ = xᵢ₋₁ + Fᵢ(xᵢ₋₁)); α=0, β=1 is Re²TAL's rewiring. A block
+may compute xᵢ₋₁ + Fᵢ(xᵢ₋₁) itself (`adds_input`: a ReLU-in ResNet block, whose F is ReLU(h + branch) − h only so that
+h + F(h) is the original block): the stage runs it as it is, with α − 1 for α (`_alpha`), and never computes F's −h.
+
+Any β ≠ 0 is invertible, so training need not store the activations inside the stage: `_ReversibleStageFunction`
+keeps the stage input and yₙ of the last pair (xₙ is made again from the output, which the next layer holds anyway),
+and its backward walks the blocks in reverse, rebuilding each block's input from its output and recomputing Fᵢ with
+grad.
 Parameter gradients are *returned* from the Function (weights are explicit inputs), so `torch.autograd.grad` and DDP
 see them like any other gradient.
 
@@ -142,7 +146,7 @@ class ResidualStage(nn.Module):
             return h
         x, y = a, beta * a
         for f in self._blocks:
-            step = (f, x, y, alpha, beta)
+            step = (f, x, y, _alpha(f, alpha), beta)
             x, y = checkpointed(_dual_step, *step, modules=[f]) if per_block_checkpoint else _dual_step(*step)
         return (x + y) / (1 + beta)
 
@@ -155,10 +159,20 @@ class ResidualStage(nn.Module):
 
 
 def _residual_step(f: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """h + Fᵢ(h), the original wiring; a block with a direct form of it (`residual`: a ReLU-in ResNet block, whose F
-    subtracts the h that this adds back) computes that instead, as the original network does."""
-    residual = getattr(f, "residual", None)
-    return h + f(h) if residual is None else residual(h)
+    """h + Fᵢ(h), the original wiring: the block itself where it `adds_input` (as the original network computes it)."""
+    return f(h) if _adds_input(f) else h + f(h)
+
+
+def _adds_input(f: nn.Module) -> bool:
+    """Whether the block's forward returns h + Fᵢ(h) rather than Fᵢ(h)."""
+    return getattr(f, "adds_input", False)
+
+
+def _alpha(f: nn.Module, alpha: float) -> float:
+    """The α of the dual step run with the block's forward: α − 1 where the forward is h + Fᵢ(h). The same function
+    as Fᵢ with α, minus Fᵢ's −h: a pass over the block's output forward, and backward the −gradient that autograd
+    would hold beside the whole block's backward (the walk adds it in place instead)."""
+    return alpha - 1.0 if _adds_input(f) else alpha
 
 
 def _dual_step(f: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, beta: float):
@@ -189,7 +203,7 @@ class _ReversibleStageFunction(torch.autograd.Function):
         for f in stage.blocks:
             rng = RngState.capture(a.device) if training else None
             ctx.rng.append(rng)
-            x, y = _dual_step(_forward_of(f, rng, x), x, y, alpha, beta)
+            x, y = _dual_step(_forward_of(f, rng, x), x, y, _alpha(f, alpha), beta)
         out = _output(x, y, beta)
         # The stage input (the guard's reference, the fallback's start) is kept, or how to make it again if the
         # layer before can (remake.py); when it is made again, the guard compares on a sample of it (guard.py), taken
@@ -314,7 +328,7 @@ def _replayed_forward(ctx, a: torch.Tensor) -> tuple[list[torch.Tensor], tuple[t
         for f, rng in zip(stage.blocks, ctx.rng, strict=True):
             xs.append(x)
             with _replayed(rng), running_stats_frozen(f):
-                x, y = _dual_step(_forward_of(f, rng, x), x, y, alpha, beta)
+                x, y = _dual_step(_forward_of(f, rng, x), x, y, _alpha(f, alpha), beta)
     return xs, (x, y)
 
 
@@ -340,7 +354,7 @@ def _block_backward(
     sum of terms (its `summands`: attention's head groups) a term at a time: the step's peak is this transient, and a
     part's is a fraction of it."""
     f = ctx.stage.blocks[i]
-    alpha, beta = ctx.coupling.alpha, ctx.coupling.beta
+    alpha, beta = _alpha(f, ctx.coupling.alpha), ctx.coupling.beta
     block_params = grads.of(f)
     parts = _parts(f, x_prev)
     if len(parts) < 2:
@@ -358,9 +372,9 @@ def _block_backward(
         grads.add(block_params, grad_params, gx, gy)
         del grad_params
         grad_in = torch.zeros_like(gx) if grad_in is None else _owned(grad_in, gx, gy)  # None: F ignores x
-        if alpha:
-            grad_in.add_(gx, alpha=alpha)
-        return y_prev, grad_in.add_(gy, alpha=beta) if beta else grad_in
+        for g, coefficient in _stream_terms(gx, gy, alpha, beta):
+            grad_in.add_(g, alpha=coefficient)
+        return y_prev, grad_in
 
     y_prev = x_next.pop() if x_next is not None else None  # xᵢ, becoming yᵢ₋₁ a part at a time
     grad_in = _scaled_gradients(gx, gy, alpha, beta, gy_owned)  # the parts' Jᵀ_F·gxᵢ are added (overlapping halos)
@@ -462,8 +476,19 @@ def _take(sliced: list, grads: _ParameterGradients, parameter: nn.Parameter, ind
     return view
 
 
+def _stream_terms(gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: float) -> list[tuple[torch.Tensor, float]]:
+    """α·gxᵢ + β·gyᵢ as (gradient, coefficient) terms, none with coefficient 0: one, (α + β)·gxᵢ, where the two are one
+    tensor (the walk's first block: both streams get the stage's gradient) — for a ReLU-in block at α=0, β=1 (α − 1
+    + β = 0: `_alpha`) none at all."""
+    terms = [(gx, alpha + beta)] if gy is gx else [(gx, alpha), (gy, beta)]
+    return [(g, c) for g, c in terms if c]
+
+
 def _scaled_gradients(gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: float, gy_owned: bool) -> torch.Tensor:
     """α·gxᵢ + β·gyᵢ, in gyᵢ's storage when it is ours."""
+    if gy is gx:
+        terms = _stream_terms(gx, gy, alpha, beta)
+        return gx.mul(terms[0][1]) if terms else torch.zeros_like(gx)
     out = gy if gy_owned else gy.clone()
     if beta != 1.0:
         out.mul_(beta)

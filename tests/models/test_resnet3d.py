@@ -112,14 +112,13 @@ def test_tsm_matches_shifted_2d_resnet_in_both_layouts(torchvision_models, arch,
 
 
 def test_tsm_shift_lives_inside_f():
-    """A rewired TSM block's F is ReLU(h + body(shift(h))) − h: it mixes neighbouring frames, the identity path does
-    not, and the reversible backward (which recomputes F) is exact."""
+    """A rewired TSM block is h + F(h) = ReLU(h + body(shift(h))): F mixes neighbouring frames, the identity path does
+    not, and the reversible backward (which recomputes the block) is exact."""
     model = create_model("tsm-tiny").double().eval()
-    block = model.layer2._modules["1"]
-    assert block.in_stage and isinstance(block.shift, TemporalShift)
+    block = model.layer2.stage.blocks[0]
+    assert isinstance(block.shift, TemporalShift)
     h = torch.randn(1, 8, 4, 4, 4, dtype=torch.float64)
-    expected = F.relu(h + block.body(block.shift(h))) - h
-    assert torch.equal(block(h), expected)
+    assert torch.equal(block(h), F.relu(h + block.body(block.shift(h))))
     nudged = h.clone()
     nudged[:, 0, 2] += 1.0  # channel 0 is in the first fold: frame 1 reads frame 2
     assert not torch.equal(block(nudged)[:, :, 1], block(h)[:, :, 1])
@@ -139,12 +138,8 @@ def test_original_wiring_computes_each_block_as_the_original_network(arch, execu
     blocks = stage.blocks
     a = torch.randn(2, blocks[0].conv1.in_channels, 4, 6, 6, requires_grad=True)
 
-    ordinary_blocks = copy.deepcopy(blocks)
-    for block in ordinary_blocks:
-        block.in_stage = False  # an ordinary block without a shortcut: ReLU(h + drop_path(body(shift(h))))
-
     def original_network(h):
-        for block in ordinary_blocks:
+        for block in blocks:
             h = block(h) if execution is Execution.PLAIN else checkpointed(block, h, modules=[block])
         return h
 
@@ -158,16 +153,46 @@ def test_original_wiring_computes_each_block_as_the_original_network(arch, execu
     expected, expected_grad_a, expected_operators = run(original_network)
     assert torch.equal(out, expected) and torch.equal(grad_a, expected_grad_a)
     assert operators == expected_operators and "aten.sub.Tensor" not in operators
-    with torch.no_grad():
-        rewired_form = a
+
+
+@pytest.mark.parametrize("arch", ["tsm-tiny", "tsm-tiny-bottleneck"])
+@pytest.mark.parametrize("execution", list(Execution))
+@pytest.mark.parametrize("coupling", [Coupling(0.0, 1.0), Coupling(0.3, 0.6)])
+def test_rewired_stage_is_the_dual_residual_of_f_without_computing_f(arch, execution, coupling):
+    """Rewired, a stage of ReLU-in blocks computes the dual residual of F(h) = ReLU(h + branch) − h, forward and
+    backward, but runs each block as it is with α − 1: F's −h is never computed, and its gradient's −g is never held
+    beside the block's backward (no `neg`, no `sub`; the reversible walk adds −gₓ in place)."""
+    model = create_model(arch, drop_path=0.0).double().train()
+    stage = model.layer2.stage
+    blocks = stage.blocks
+    a = torch.randn(2, blocks[0].conv1.in_channels, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    params = stage.parameters_of_blocks()
+    weights = torch.randn_like(a)
+
+    def dual_residual_of_f(h):
+        alpha, beta = coupling.alpha, coupling.beta
+        x, y = h, beta * h
         for block in blocks:
-            rewired_form = rewired_form + block(rewired_form)  # x + F(x): the same function
-        assert (rewired_form - expected).abs().max() < 1e-5
+            x, y = (block(x) - x) + y + alpha * x, beta * x
+        return (x + y) / (1 + beta)
+
+    def run(fn):
+        with OperatorLog() as log:
+            out = fn(a)
+            grads = torch.autograd.grad(out, [a, *params], weights)
+        return out, grads, log.elementwise
+
+    stage.set_wiring(coupling, execution)
+    out, grads, operators = run(stage)
+    expected, expected_grads, _ = run(dual_residual_of_f)
+    assert (out - expected).abs().max() < 1e-12
+    assert all((g - e).abs().max() < 1e-11 for g, e in zip(grads, expected_grads, strict=True))
+    assert "aten.neg.default" not in operators and "aten.sub.Tensor" not in operators
 
 
 class OperatorLog(TorchDispatchMode):
-    """The elementwise add / sub / neg / relu operators run under it, in order (the convolutions are the same either
-    way; checkpointing's recompute adds its own, on both sides)."""
+    """The elementwise add / sub / neg / relu operators run under it on tensors (not the guard's scalars), in order
+    (the convolutions are the same either way; checkpointing's recompute adds its own, on both sides)."""
 
     NAMES = ("add", "sub", "neg", "relu", "threshold_backward")
 
@@ -176,9 +201,10 @@ class OperatorLog(TorchDispatchMode):
         self.elementwise: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split(".")[0].rstrip("_") in self.NAMES:
+        out = func(*args, **(kwargs or {}))
+        if func.__name__.split(".")[0].rstrip("_") in self.NAMES and out.dim():
             self.elementwise.append(str(func))
-        return func(*args, **(kwargs or {}))
+        return out
 
 
 @pytest.mark.parametrize("arch", ["r3d-tiny", "r2plus1d-tiny", "tsm-tiny", "tsm-tiny-bottleneck"])
