@@ -34,8 +34,19 @@ def sampled(t: torch.Tensor) -> torch.Tensor:
     """About SAMPLED_ELEMENTS elements of `t` (every MIN_SAMPLE_STRIDE-th of a smaller one), evenly spread: an odd
     stride through the flattened tensor, so that it cycles through every channel, row and frame rather than landing
     on one. The same positions for any tensor of t's shape; a view where `t` is contiguous."""
-    stride = max(MIN_SAMPLE_STRIDE, t.numel() // SAMPLED_ELEMENTS | 1)
-    return t.reshape(-1)[::stride]
+    return t.reshape(-1)[:: _sample_stride(t.numel())]
+
+
+def sampled_within(shape: torch.Size, dim: int, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Which elements of `sampled` of a tensor of `shape` lie at indices [start, stop) along `dim` (a mask)."""
+    numel = math.prod(shape)
+    position = torch.arange(0, numel, _sample_stride(numel), device=device)
+    index = position // math.prod(shape[dim + 1 :]) % shape[dim]
+    return (index >= start) & (index < stop)
+
+
+def _sample_stride(numel: int) -> int:
+    return max(MIN_SAMPLE_STRIDE, numel // SAMPLED_ELEMENTS | 1)
 
 
 def max_abs(t: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch._C import _is_alias_of
 from torch.autograd.graph import get_gradient_edge
 
 from re2tal_cli.reversible import pieces as pieces_module
@@ -46,8 +47,9 @@ from re2tal_cli.reversible.guard import (
     GuardStats,
     max_abs,
     sampled,
+    sampled_within,
 )
-from re2tal_cli.reversible.pieces import TimeLocality, piece_count, run_in_pieces, split_ok, time_pieces
+from re2tal_cli.reversible.pieces import Piece, TimeLocality, piece_count, run_in_pieces, split_ok, time_pieces
 from re2tal_cli.reversible.recompute import checkpointed
 from re2tal_cli.reversible.remake import is_remade, keep, kept_one
 from re2tal_cli.reversible.replay import AutocastState, RngState, running_stats_frozen
@@ -175,10 +177,16 @@ def _alpha(f: nn.Module, alpha: float) -> float:
     return alpha - 1.0 if _adds_input(f) else alpha
 
 
-def _dual_step(f: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, beta: float):
+def _dual_step(f: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, beta: float, graph_free: bool = False):
     """xᵢ = (Fᵢ(xᵢ₋₁) + yᵢ₋₁) + α·xᵢ₋₁,  yᵢ = β·xᵢ₋₁ — the one definition every execution computes (same order of
-    rounding). α=0 and β=1 cost no arithmetic: at Re²TAL's point yᵢ *is* xᵢ₋₁, no copy."""
-    x_next = f(x) + y  # promotes F's autocast dtype back to the streams' dtype
+    rounding). α=0 and β=1 cost no arithmetic: at Re²TAL's point yᵢ *is* xᵢ₋₁, no copy. A `graph_free` step (no
+    autograd graph records it) adds into Fᵢ's output where that is a tensor of its own (no view, no alias of the
+    streams) in the streams' dtype: the same values without a block-sized temporary beside it."""
+    fx = f(x)
+    if graph_free and fx.dtype == y.dtype and fx._base is None and not any(_is_alias_of(fx, t) for t in (x, y)):
+        x_next = fx.add_(y)
+        return (x_next.add_(x, alpha=alpha) if alpha else x_next), _scaled(x, beta)
+    x_next = fx + y  # promotes F's autocast dtype back to the streams' dtype
     if alpha:
         x_next = torch.add(x_next, x, alpha=alpha)
     return x_next, _scaled(x, beta)
@@ -203,7 +211,7 @@ class _ReversibleStageFunction(torch.autograd.Function):
         for f in stage.blocks:
             rng = RngState.capture(a.device) if training else None
             ctx.rng.append(rng)
-            x, y = _dual_step(_forward_of(f, rng, x), x, y, _alpha(f, alpha), beta)
+            x, y = _dual_step(_forward_of(f, rng, x), x, y, _alpha(f, alpha), beta, graph_free=True)
         out = _output(x, y, beta)
         # The stage input (the guard's reference, the fallback's start) is kept, or how to make it again if the
         # layer before can (remake.py); when it is made again, the guard compares on a sample of it (guard.py), taken
@@ -328,7 +336,7 @@ def _replayed_forward(ctx, a: torch.Tensor) -> tuple[list[torch.Tensor], tuple[t
         for f, rng in zip(stage.blocks, ctx.rng, strict=True):
             xs.append(x)
             with _replayed(rng), running_stats_frozen(f):
-                x, y = _dual_step(_forward_of(f, rng, x), x, y, _alpha(f, alpha), beta)
+                x, y = _dual_step(_forward_of(f, rng, x), x, y, _alpha(f, alpha), beta, graph_free=True)
     return xs, (x, y)
 
 
@@ -377,7 +385,13 @@ def _block_backward(
         return y_prev, grad_in
 
     y_prev = x_next.pop() if x_next is not None else None  # xᵢ, becoming yᵢ₋₁ a part at a time
-    grad_in = _scaled_gradients(gx, gy, alpha, beta, gy_owned)  # the parts' Jᵀ_F·gxᵢ are added (overlapping halos)
+    # At the walk's last block y₀ is only compared, a piece's frames at a time, and dead after: where ∂L/∂x₀ would
+    # need a tensor of its own (gy not the walk's), it is made in those frames instead (`_GradientInFrames`).
+    in_y = check_input and not gy_owned and parts[0].piece is not None
+    if in_y:
+        grad_in, error = _GradientInFrames(y_prev, parts[0].dim, gx, gy, alpha, beta), None
+    else:
+        grad_in = _scaled_gradients(gx, gy, alpha, beta, gy_owned)  # the parts' Jᵀ_F·gxᵢ are added (halos overlap)
     leaves = None if parts[0].slices_parameters else _Leaves(f, block_params)
     for part in parts:
         sliced: list[tuple[nn.Parameter, object, torch.Tensor]] = []  # (parameter, index, the slice the term used)
@@ -390,6 +404,10 @@ def _block_backward(
             fx = part.of_term(fx)
         if y_prev is not None:
             part.of_output(y_prev).sub_(fx.detach())
+            if in_y:
+                if alpha:
+                    part.of_output(y_prev).sub_(part.of_output(x_prev), alpha=alpha)
+                error = _maximum(error, _input_error(ctx, y_prev, beta, part.piece, part.dim))
         fx = get_gradient_edge(fx)  # (as above: the output freed before the gradient)
         if leaves is None:
             whole = [p for p in block_params if all(p is not q for q, _, _ in sliced)]
@@ -402,16 +420,62 @@ def _block_backward(
             torch.autograd.backward(fx, part.of_output(gx), inputs=[x_in, *leaves.tensors])
             g_part = x_in.grad
         del fx, x_in
-        if g_part is not None:
+        if in_y:
+            grad_in.add(part.piece, g_part)
+        elif g_part is not None:
             part.of_input(grad_in).add_(g_part)
         del g_part
     if leaves is not None:
         grads.add(block_params, [leaf.grad for leaf in leaves.tensors], gx, gy)
+    if in_y:
+        return error, grad_in.done()
     if y_prev is not None and alpha:
         y_prev.sub_(x_prev, alpha=alpha)
     if check_input:
         y_prev = _input_error(ctx, y_prev, beta)
     return y_prev, grad_in
+
+
+class _GradientInFrames:
+    """∂L/∂xᵢ₋₁ made in a tensor whose frames (along `dim`) become free a time piece at a time, in order (y₀ at the
+    walk's last block, once compared): a piece's own frames are set to α·gxᵢ + β·gyᵢ when it is done with them, and
+    each piece's Jᵀ_F·gxᵢ (its own frames and halos) is added where the frames are free already — its left halo at
+    once, its right halo (the next piece's first frames, still y₀) when the next piece has freed them."""
+
+    def __init__(self, target: torch.Tensor, dim: int, gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: float):
+        self.target, self.dim, self.streams = target, dim, (gx, gy, alpha, beta)
+        self.free = 0  # frames [0, free) hold the gradient
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (first frame, gradient) still to add
+
+    def add(self, piece: Piece, gradient: torch.Tensor | None) -> None:
+        gx, gy, alpha, beta = self.streams
+        own = [_narrow(t, self.dim, slice(piece.start, piece.stop)) for t in (self.target, gx, gy)]
+        terms = _stream_terms(own[1], own[2] if gy is not gx else own[1], alpha, beta)
+        if terms:
+            torch.mul(terms[0][0], terms[0][1], out=own[0])
+            for g, coefficient in terms[1:]:
+                own[0].add_(g, alpha=coefficient)
+        else:
+            own[0].zero_()
+        self.free = piece.stop
+        if gradient is not None:
+            self.pending.append((piece.lo, gradient))
+        waiting = []
+        for first, g in self.pending:
+            frames = g.shape[self.dim]
+            ready = min(frames, self.free - first)
+            if ready > 0:
+                self.target.narrow(self.dim, first, ready).add_(g.narrow(self.dim, 0, ready))
+            if ready < frames:  # (a copy: a view would keep the piece's whole gradient alive)
+                waiting.append((first + ready, g.narrow(self.dim, ready, frames - ready).clone()))
+        self.pending = waiting
+
+    def done(self) -> torch.Tensor:
+        return self.target
+
+
+def _maximum(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    return b if a is None else torch.maximum(a, b)
 
 
 class _Leaves:
@@ -443,6 +507,8 @@ class _Part:
     # The term takes slices of parameters through `take(parameter, index)`: their gradients are taken for the
     # slices, not through the slicing (which would make a zero-filled gradient of the whole parameter per part).
     slices_parameters: bool = False
+    piece: Piece | None = None  # a time piece's frames along `dim`; None for a summand (it spans the whole)
+    dim: int = 0
 
 
 def _parts(f: nn.Module, x: torch.Tensor) -> list[_Part]:
@@ -459,7 +525,7 @@ def _parts(f: nn.Module, x: torch.Tensor) -> list[_Part]:
     pieces = pieces_module.piece_plan(time_pieces(x.shape[dim], locality, piece_count([x])))
     return [
         _Part(f, partial(p.narrow_input, dim=dim, scale=1), partial(p.narrow_output, dim=dim),
-              partial(_narrow, dim=dim, piece=slice(p.start, p.stop)))
+              partial(_narrow, dim=dim, piece=slice(p.start, p.stop)), piece=p, dim=dim)
         for p in pieces
     ] if len(pieces) > 1 else []  # fmt: skip
 
@@ -570,15 +636,21 @@ def _recompute(ctx, i: int, f: nn.Module, term, x_prev: torch.Tensor) -> tuple[t
         return x_in, term(x_in)
 
 
-def _input_error(ctx, rebuilt: torch.Tensor, coefficient: float) -> torch.Tensor:
+def _input_error(ctx, rebuilt: torch.Tensor, coefficient: float, piece: Piece | None = None, dim: int = 0):
     """max|rebuilt − coefficient·a| over the kept stage input a — computed in `rebuilt`'s storage, which the walk owns
-    and no longer needs — or over the forward's sample of a when a is made again rather than kept (guard.py)."""
+    and no longer needs — or over the forward's sample of a when a is made again rather than kept (guard.py); over a
+    `piece`'s own frames along `dim` only when given."""
     if ctx.input_sample is not None:
-        sample = ctx.input_sample[0]
-        return max_abs(sampled(rebuilt) - coefficient * sample)
+        difference = sampled(rebuilt) - coefficient * ctx.input_sample[0]
+        if piece is not None:  # (a mask, not a selection: its size would depend on values, which fake tensors lack)
+            inside = sampled_within(rebuilt.shape, dim, piece.start, piece.stop, rebuilt.device)
+            difference = torch.where(inside, difference, 0)
+        return max_abs(difference)
     a = kept_one(ctx, 0)
-    if torch._C._is_alias_of(rebuilt, a):  # x₀ of a one-block stage at β=1 is yₙ = β·a: a itself, not rebuilt
+    if _is_alias_of(rebuilt, a):  # x₀ of a one-block stage at β=1 is yₙ = β·a: a itself, not rebuilt
         return torch.zeros((), dtype=a.dtype, device=a.device)
+    if piece is not None:
+        rebuilt, a = (t.narrow(dim, piece.start, piece.stop - piece.start) for t in (rebuilt, a))
     return max_abs(rebuilt.sub_(a, alpha=coefficient))
 
 
@@ -593,7 +665,7 @@ def _input_scale(ctx) -> torch.Tensor:
 def _owned(grad: torch.Tensor, *incoming: torch.Tensor) -> torch.Tensor:
     """`grad`, or a copy when it shares memory with an incoming gradient (F passed it through), since the walk
     updates its gradients in place."""
-    return grad.clone() if any(torch._C._is_alias_of(grad, g) for g in incoming) else grad
+    return grad.clone() if any(_is_alias_of(grad, g) for g in incoming) else grad
 
 
 def _replayed(rng: RngState | None) -> contextlib.AbstractContextManager:

@@ -8,6 +8,7 @@ from torch import nn
 
 from re2tal_cli.models.layers import DropPath
 from re2tal_cli.reversible import Coupling, Execution, ResidualStage, guard, pieces
+from re2tal_cli.reversible import stage as stage_module
 from re2tal_cli.reversible.check import gradient_error_level
 from re2tal_cli.reversible.pieces import Piece, TimeLocality, recomputed_in_pieces, time_pieces
 from re2tal_cli.reversible.schedule import DualResidualSchedule
@@ -582,6 +583,52 @@ def test_the_guard_compares_every_element_of_a_kept_stage_input(odd_block):
     net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
     net(torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)).sum().backward()
     assert net.stage.guard.fallbacks == 1 and net.stage.guard.max_error > 1e-3
+
+
+class DiffersInOnePiece(nn.Module):
+    """F = 0, token-wise, except at one element of one call (`call`-th, counting the forward's pieces): a recompute
+    that differs from the forward in one piece only."""
+
+    time_locality = TimeLocality.same(1)
+
+    def __init__(self, call, element):
+        super().__init__()
+        self.call, self.element, self.calls = call, element, 0
+
+    def forward(self, x):
+        bump = torch.zeros_like(x)
+        bump.view(-1)[self.element] = float(self.calls == self.call)
+        self.calls += 1
+        return x * 0 + bump
+
+
+@pytest.mark.usefixtures("pieces_at_any_size")
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("input_made_again", [False, True])
+@pytest.mark.parametrize(
+    ("call", "kept_element", "sampled_element"),
+    [(4, 1, 0), (7, 6, 27)],  # pieces of 3, 3, 3, 1 tokens: calls 0-3 the forward, 4-7 the recompute
+    ids=["first-piece", "last-piece"],
+)
+def test_the_last_block_in_pieces_compares_y0_before_making_the_gradient_in_it(
+    depth, input_made_again, call, kept_element, sampled_element, monkeypatch
+):
+    """At the walk's last block the input gradient is made in y₀'s storage, a piece at a time: each piece's frames are
+    compared first — every element of a kept stage input (1 and 78 are not sample positions), the sample of one made
+    again (positions 0 and 315, stride 21) — so a recompute that differs from the forward at one element of any
+    piece still falls back."""
+    made_in_y0, in_frames = [], stage_module._GradientInFrames
+    monkeypatch.setattr(guard, "SAMPLED_ELEMENTS", 16)  # stride 21 through the 320 elements
+    monkeypatch.setattr(guard, "MIN_SAMPLE_STRIDE", 1)
+    monkeypatch.setattr(stage_module, "_GradientInFrames", lambda *args: made_in_y0.append(1) or in_frames(*args))
+    net = RecomputedBefore(depth) if input_made_again else mlp_net(depth)
+    net.blocks[0] = DiffersInOnePiece(call, sampled_element if input_made_again else kept_element)
+    net.stage = ResidualStage(list(net.blocks))
+    x = torch.randn(4, 10, 8, dtype=torch.float64)  # more elements than the stage's parameters: grad_out not copied
+    grads_of(net, x, Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    assert made_in_y0 == [1]  # the reversible walk's last block (not the fallback's)
+    assert net.blocks[0].calls > 8  # the fallback's recompute ran
+    assert net.stage.guard.fallbacks == 1 and net.stage.guard.max_error > 0.1
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
