@@ -17,9 +17,8 @@ h + F(h) is the original block): the stage runs it as it is, with α − 1 for �
 Any β ≠ 0 is invertible, so training need not store the activations inside the stage: `_ReversibleStageFunction`
 keeps the stage input and yₙ of the last pair (xₙ is made again from the output, which the next layer holds anyway),
 and its backward walks the blocks in reverse, rebuilding each block's input from its output and recomputing Fᵢ with
-grad.
-Parameter gradients are *returned* from the Function (weights are explicit inputs), so `torch.autograd.grad` and DDP
-see them like any other gradient.
+grad. Parameter gradients are *returned* from the Function (weights are explicit inputs), so `torch.autograd.grad`
+and DDP see them like any other gradient.
 
 The reconstructed stage input is compared with the kept one; when they differ by more than the tolerance (small β
 divides, reduced precision accumulates) the stage redoes that step's backward from the kept input, exactly, and
@@ -180,16 +179,23 @@ def _alpha(f: nn.Module, alpha: float) -> float:
 def _dual_step(f: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, beta: float, graph_free: bool = False):
     """xᵢ = (Fᵢ(xᵢ₋₁) + yᵢ₋₁) + α·xᵢ₋₁,  yᵢ = β·xᵢ₋₁ — the one definition every execution computes (same order of
     rounding). α=0 and β=1 cost no arithmetic: at Re²TAL's point yᵢ *is* xᵢ₋₁, no copy. A `graph_free` step (no
-    autograd graph records it) adds into Fᵢ's output where that is a tensor of its own (no view, no alias of the
-    streams) in the streams' dtype: the same values without a block-sized temporary beside it."""
+    autograd graph records it) adds into Fᵢ's output where that is a tensor of its own in the streams' dtype
+    (`_own_tensor`): the same values without a block-sized temporary beside it."""
     fx = f(x)
-    if graph_free and fx.dtype == y.dtype and fx._base is None and not any(_is_alias_of(fx, t) for t in (x, y)):
+    if graph_free and _own_tensor(fx, y.dtype, x, y):
         x_next = fx.add_(y)
         return (x_next.add_(x, alpha=alpha) if alpha else x_next), _scaled(x, beta)
     x_next = fx + y  # promotes F's autocast dtype back to the streams' dtype
     if alpha:
         x_next = torch.add(x_next, x, alpha=alpha)
     return x_next, _scaled(x, beta)
+
+
+def _own_tensor(t: torch.Tensor, dtype: torch.dtype, *streams: torch.Tensor) -> bool:
+    """Whether `t` is a new tensor of `dtype` that nothing else refers to: not a view, not a parameter, no alias of
+    the streams (an F may return its input)."""
+    fresh = t.dtype == dtype and t._base is None and not t.requires_grad
+    return fresh and not any(_is_alias_of(t, stream) for stream in streams)
 
 
 def _scaled(t: torch.Tensor, c: float) -> torch.Tensor:
@@ -428,7 +434,7 @@ def _block_backward(
     if leaves is not None:
         grads.add(block_params, [leaf.grad for leaf in leaves.tensors], gx, gy)
     if in_y:
-        return error, grad_in.done()
+        return error, grad_in.target
     if y_prev is not None and alpha:
         y_prev.sub_(x_prev, alpha=alpha)
     if check_input:
@@ -449,14 +455,16 @@ class _GradientInFrames:
 
     def add(self, piece: Piece, gradient: torch.Tensor | None) -> None:
         gx, gy, alpha, beta = self.streams
-        own = [_narrow(t, self.dim, slice(piece.start, piece.stop)) for t in (self.target, gx, gy)]
-        terms = _stream_terms(own[1], own[2] if gy is not gx else own[1], alpha, beta)
+        frames = slice(piece.start, piece.stop)
+        own, gx_own = _narrow(self.target, self.dim, frames), _narrow(gx, self.dim, frames)
+        gy_own = gx_own if gy is gx else _narrow(gy, self.dim, frames)  # (one tensor, one term: `_stream_terms`)
+        terms = _stream_terms(gx_own, gy_own, alpha, beta)
         if terms:
-            torch.mul(terms[0][0], terms[0][1], out=own[0])
-            for g, coefficient in terms[1:]:
-                own[0].add_(g, alpha=coefficient)
+            torch.mul(*terms[0], out=own)
         else:
-            own[0].zero_()
+            own.zero_()
+        for g, coefficient in terms[1:]:
+            own.add_(g, alpha=coefficient)
         self.free = piece.stop
         if gradient is not None:
             self.pending.append((piece.lo, gradient))
@@ -469,9 +477,6 @@ class _GradientInFrames:
             if ready < frames:  # (a copy: a view would keep the piece's whole gradient alive)
                 waiting.append((first + ready, g.narrow(self.dim, ready, frames - ready).clone()))
         self.pending = waiting
-
-    def done(self) -> torch.Tensor:
-        return self.target
 
 
 def _maximum(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
