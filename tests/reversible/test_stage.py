@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from re2tal_cli.models.layers import DropPath
 from re2tal_cli.reversible import Coupling, Execution, ResidualStage, guard, pieces
@@ -629,6 +631,38 @@ def test_the_last_block_in_pieces_compares_y0_before_making_the_gradient_in_it(
     assert made_in_y0 == [1]  # the reversible walk's last block (not the fallback's)
     assert net.blocks[0].calls > 8  # the fallback's recompute ran
     assert net.stage.guard.fallbacks == 1 and net.stage.guard.max_error > 0.1
+
+
+class StageSizedTensorsMade(TorchDispatchMode):
+    """The operators run under it that make a new tensor of `shape` (not an alias of one of their inputs)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.made = shape, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        made = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.shape == self.shape]
+        self.made += [str(func) for t in made if not any(torch._C._is_alias_of(t, i) for i in inputs)]
+        return out
+
+
+@pytest.mark.usefixtures("pieces_at_any_size")
+@pytest.mark.parametrize("depth", [1, 2])
+def test_the_last_block_in_pieces_makes_the_input_gradient_in_y0s_storage(depth):
+    """Where gy₁ is the incoming gradient (one- and two-block stages), ∂L/∂x₀ is made in y₀'s frames once they are
+    compared, not in a tensor of its own: the backward makes one stage-sized tensor (xₙ = 2·out − yₙ, which the walk
+    turns into yₙ₋₁, …, y₀ and then ∂L/∂x₀), and at depth 2 the first block's input gradient."""
+    net = Net([TemporalConvBlock(halo=2, channels=16) for _ in range(depth)]).double().train()
+    net.stage.set_wiring(Coupling(0.0, 1.0), Execution.REVERSIBLE)
+    x = torch.randn(4, 80, 16, dtype=torch.float64, requires_grad=True)  # more elements than the stage's parameters
+    out = net(x)
+    grad_out = torch.randn_like(out)
+    with StageSizedTensorsMade(x.shape) as log:
+        out.backward(grad_out)
+    assert len(log.made) == depth, log.made
+    assert net.stage.guard.fallbacks == 0
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
