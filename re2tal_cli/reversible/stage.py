@@ -184,10 +184,12 @@ def _dual_step(f: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, bet
     fx = f(x)
     if graph_free and _own_tensor(fx, y.dtype, x, y):
         x_next = fx.add_(y)
-        return (x_next.add_(x, alpha=alpha) if alpha else x_next), _scaled(x, beta)
-    x_next = fx + y  # promotes F's autocast dtype back to the streams' dtype
-    if alpha:
-        x_next = torch.add(x_next, x, alpha=alpha)
+        if alpha:
+            x_next.add_(x, alpha=alpha)
+    else:
+        x_next = fx + y  # promotes F's autocast dtype back to the streams' dtype
+        if alpha:
+            x_next = torch.add(x_next, x, alpha=alpha)
     return x_next, _scaled(x, beta)
 
 
@@ -458,13 +460,7 @@ class _GradientInFrames:
         frames = slice(piece.start, piece.stop)
         own, gx_own = _narrow(self.target, self.dim, frames), _narrow(gx, self.dim, frames)
         gy_own = gx_own if gy is gx else _narrow(gy, self.dim, frames)  # (one tensor, one term: `_stream_terms`)
-        terms = _stream_terms(gx_own, gy_own, alpha, beta)
-        if terms:
-            torch.mul(*terms[0], out=own)
-        else:
-            own.zero_()
-        for g, coefficient in terms[1:]:
-            own.add_(g, alpha=coefficient)
+        _set_stream_terms(own, gx_own, gy_own, alpha, beta)
         self.free = piece.stop
         if gradient is not None:
             self.pending.append((piece.lo, gradient))
@@ -555,11 +551,22 @@ def _stream_terms(gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: float)
     return [(g, c) for g, c in terms if c]
 
 
+def _set_stream_terms(out: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """out ← α·gxᵢ + β·gyᵢ (`out` another tensor than both)."""
+    terms = _stream_terms(gx, gy, alpha, beta)
+    if terms:
+        torch.mul(*terms[0], out=out)
+    else:
+        out.zero_()
+    for g, coefficient in terms[1:]:
+        out.add_(g, alpha=coefficient)
+    return out
+
+
 def _scaled_gradients(gx: torch.Tensor, gy: torch.Tensor, alpha: float, beta: float, gy_owned: bool) -> torch.Tensor:
     """α·gxᵢ + β·gyᵢ, in gyᵢ's storage when it is ours."""
     if gy is gx:
-        terms = _stream_terms(gx, gy, alpha, beta)
-        return gx.mul(terms[0][1]) if terms else torch.zeros_like(gx)
+        return _set_stream_terms(torch.empty_like(gx), gx, gy, alpha, beta)
     out = gy if gy_owned else gy.clone()
     if beta != 1.0:
         out.mul_(beta)
