@@ -52,17 +52,12 @@ def _training_step(spec: dict, wiring: str):
     import torch
 
     from re2tal_cli.models import create_model
-    from re2tal_cli.reversible import Coupling, Execution
+    from re2tal_cli.reversible.wiring import WiringName
 
     torch.manual_seed(0)
     overrides = {"depth": spec["depth"]} if spec["depth"] else {}
     model = create_model(spec["arch"], drop_path=0.1, **overrides).to(spec["device"]).train()
-    coupling, execution = {
-        "plain": (Coupling(1.0, 0.0), Execution.PLAIN),
-        "checkpoint": (Coupling(1.0, 0.0), Execution.CHECKPOINT),
-        "reversible": (Coupling(0.0, 1.0), Execution.REVERSIBLE),
-    }[wiring]
-    model.set_wiring(coupling, execution)
+    WiringName(wiring).wiring.apply(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def step(video, after_forward=None):
